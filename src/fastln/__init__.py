@@ -1,0 +1,32 @@
+"""fastln: fast, accurate Layer Normalization for NumPy.
+
+Cython/OpenMP kernels, parallel over rows, with a fused backward and a float64 NumPy reference
+(`fastln.reference`) that specifies every op. See ``python -m fastln info``.
+"""
+
+__version__ = "0.1.0"
+
+try:
+    from fastln import _cpu
+except ImportError as exc:  # pragma: no cover - only on a broken install
+    raise ImportError(
+        "fastln's compiled extension (fastln._cpu) could not be imported: " + str(exc) + ". "
+        "Reinstall from source with a C compiler available: pip install --force-reinstall "
+        "--no-binary fastln fastln (or `pip install .` in a checkout)."
+    ) from exc
+
+from fastln import reference
+from fastln._ops import layer_norm, layer_norm_backward, layer_norm_forward
+from fastln._threads import get_num_threads, set_num_threads
+from fastln.modules import LayerNorm
+
+__all__ = [
+    "LayerNorm",
+    "get_num_threads",
+    "layer_norm",
+    "layer_norm_backward",
+    "layer_norm_forward",
+    "reference",
+    "set_num_threads",
+    "__version__",
+]

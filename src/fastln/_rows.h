@@ -1,0 +1,145 @@
+/* The row kernels, compiled once per SIMD path, and the run-time choice between them.
+ *
+ * The default build targets the compiler's baseline (x86-64 = SSE2). On x86-64 with GCC or clang,
+ * _rows_impl.h is compiled again with target attributes for AVX2+FMA and for AVX-512, and
+ * fastln_select() picks the widest path the running CPU supports, so one wheel runs everywhere
+ * and uses wide vectors where they exist. No flag reads the build machine's CPU.
+ */
+#ifndef FASTLN_ROWS_H
+#define FASTLN_ROWS_H
+
+#include <Python.h>
+#include <math.h>
+#include <string.h>
+
+#if defined(_MSC_VER) && !defined(__clang__)
+#define restrict __restrict
+#endif
+
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#define FASTLN_X86_DISPATCH 1
+#else
+#define FASTLN_X86_DISPATCH 0
+#endif
+
+#ifndef FASTLN_BUILD_FLAGS
+#define FASTLN_BUILD_FLAGS ""
+#endif
+
+typedef void (*fastln_fwd_f32)(const float *, const float *, const float *, float *, float *,
+                               float *, Py_ssize_t, Py_ssize_t, double);
+typedef void (*fastln_fwd_f64)(const double *, const double *, const double *, double *,
+                               double *, double *, Py_ssize_t, Py_ssize_t, double);
+typedef void (*fastln_bwd_f32)(const float *, const float *, const float *, const float *,
+                               const float *, float *, double *, double *, Py_ssize_t,
+                               Py_ssize_t);
+typedef void (*fastln_bwd_f64)(const double *, const double *, const double *, const double *,
+                               const double *, double *, double *, double *, Py_ssize_t,
+                               Py_ssize_t);
+typedef void (*fastln_sum_f32)(double *, Py_ssize_t, Py_ssize_t, float *);
+typedef void (*fastln_sum_f64)(double *, Py_ssize_t, Py_ssize_t, double *);
+
+typedef struct {
+    const char *name;
+    fastln_fwd_f32 ln_fwd_f32;
+    fastln_fwd_f64 ln_fwd_f64;
+    fastln_bwd_f32 ln_bwd_f32;
+    fastln_bwd_f64 ln_bwd_f64;
+    fastln_sum_f32 sum_blocks_f32;
+    fastln_sum_f64 sum_blocks_f64;
+} fastln_kernels;
+
+#define FASTLN_CAT3_(a, b, c) a##_##b##_##c
+#define FASTLN_CAT3(a, b, c) FASTLN_CAT3_(a, b, c)
+#define NAME(f) FASTLN_CAT3(f, FASTLN_PATH, FASTLN_TS)
+#define HELPER(f) FASTLN_CAT3(f, FASTLN_PATH, FASTLN_TS)
+
+/* One path = _rows_impl.h compiled for float and for double with one TARGET and LANES. */
+#define FASTLN_PATH baseline
+#define TARGET
+#define LANES 16
+#define T float
+#define FASTLN_TS f32
+#include "_rows_impl.h"
+#undef T
+#undef FASTLN_TS
+#define T double
+#define FASTLN_TS f64
+#include "_rows_impl.h"
+#undef T
+#undef FASTLN_TS
+#undef LANES
+#undef TARGET
+#undef FASTLN_PATH
+
+#if FASTLN_X86_DISPATCH
+#define FASTLN_PATH avx2
+#define TARGET __attribute__((target("avx2,fma")))
+#define LANES 16
+#define T float
+#define FASTLN_TS f32
+#include "_rows_impl.h"
+#undef T
+#undef FASTLN_TS
+#define T double
+#define FASTLN_TS f64
+#include "_rows_impl.h"
+#undef T
+#undef FASTLN_TS
+#undef LANES
+#undef TARGET
+#undef FASTLN_PATH
+
+#define FASTLN_PATH avx512
+#define TARGET                                                                               \
+    __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,prefer-vector-width=512")))
+#define LANES 32
+#define T float
+#define FASTLN_TS f32
+#include "_rows_impl.h"
+#undef T
+#undef FASTLN_TS
+#define T double
+#define FASTLN_TS f64
+#include "_rows_impl.h"
+#undef T
+#undef FASTLN_TS
+#undef LANES
+#undef TARGET
+#undef FASTLN_PATH
+#endif /* FASTLN_X86_DISPATCH */
+
+#define FASTLN_TABLE(path)                                                                    \
+    {#path,                                                                                   \
+     ln_fwd_##path##_f32, ln_fwd_##path##_f64,                                                \
+     ln_bwd_##path##_f32, ln_bwd_##path##_f64,                                                \
+     sum_blocks_##path##_f32, sum_blocks_##path##_f64}
+
+/* Narrowest first. */
+static const fastln_kernels fastln_paths[] = {
+    FASTLN_TABLE(baseline),
+#if FASTLN_X86_DISPATCH
+    FASTLN_TABLE(avx2),
+    FASTLN_TABLE(avx512),
+#endif
+};
+#define FASTLN_NPATHS ((int)(sizeof(fastln_paths) / sizeof(fastln_paths[0])))
+
+/* 1 if the running CPU can execute path i. */
+static int fastln_path_supported(int i)
+{
+#if FASTLN_X86_DISPATCH
+    __builtin_cpu_init();
+    if (i == 1)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (i == 2)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+    return i == 0;
+}
+
+static const fastln_kernels *fastln_current = &fastln_paths[0];
+
+#endif /* FASTLN_ROWS_H */

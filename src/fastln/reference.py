@@ -1,0 +1,118 @@
+"""The specification: plain NumPy versions of every fastln op, computed in float64.
+
+Each function here says what the fast kernels must compute, in the fewest lines that say it
+clearly. They accept float32, float64 or longdouble input and compute in float64, or in the
+input's own precision when that is higher (``numpy.longdouble``), so a test can ask for an even
+more precise answer by passing longdouble. Nothing here validates input: that is ``fastln``'s job.
+
+LayerNorm over the last dims of ``x`` (one "row" is everything in those dims, N values)::
+
+    mean = sum(x) / N
+    var  = sum((x - mean)**2) / N            # biased, as PyTorch and ONNX define it
+    rstd = 1 / sqrt(var + eps)
+    y    = (x - mean) * rstd * weight + bias
+"""
+
+import numpy as np
+
+__all__ = [
+    "layer_norm",
+    "layer_norm_forward",
+    "layer_norm_backward",
+    "layer_norm_jacobian",
+]
+
+
+def _precise(a):
+    """`a` as an array of float64, or of its own dtype if that is more precise."""
+    a = np.asarray(a)
+    return a.astype(np.result_type(a.dtype, np.float64), copy=False)
+
+
+def _row_axes(x, normalized_ndim):
+    return tuple(range(x.ndim - normalized_ndim, x.ndim))
+
+
+def _normalized_ndim(normalized_shape):
+    return 1 if np.ndim(normalized_shape) == 0 else len(normalized_shape)
+
+
+def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """Return ``(y, mean, rstd)``; mean and rstd have the shape of x without the normalized dims.
+
+    The mean is computed about the row's first value and corrected by a second pass: in float64
+    a row like ``3e4 + 0.01 * randn`` would otherwise lose its low digits to the offset.
+    """
+    x = _precise(x)
+    axes = _row_axes(x, _normalized_ndim(normalized_shape))
+    pivot = x[(Ellipsis,) + (slice(0, 1),) * len(axes)]
+    centred = x - pivot                              # exact for values near the pivot
+    shift = centred.mean(axis=axes, keepdims=True)
+    xc = centred - shift                             # x - mean, without forming mean itself
+    var = np.mean(xc * xc, axis=axes, keepdims=True)
+    rstd = 1.0 / np.sqrt(var + eps)
+    y = xc * rstd
+    if weight is not None:
+        y = y * _precise(weight)
+    if bias is not None:
+        y = y + _precise(bias)
+    mean = pivot + shift
+    return y, np.squeeze(mean, axis=axes), np.squeeze(rstd, axis=axes)
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """Return y = LayerNorm(x) over the trailing ``normalized_shape`` dims."""
+    return layer_norm_forward(x, normalized_shape, weight, bias, eps)[0]
+
+
+def layer_norm_backward(dy, x, mean, rstd, weight=None):
+    """Return ``(dx, dweight, dbias)`` for the incoming gradient ``dy``.
+
+    The normalized dims are the last ``x.ndim - mean.ndim``. With ``xhat = (x - mean) * rstd``
+    and ``g = dy * weight``, the vector-Jacobian product is
+
+        dx = rstd * (g - mean(g) - xhat * mean(g * xhat))       (means over each row)
+
+    and ``dweight = sum(dy * xhat)``, ``dbias = sum(dy)`` over all rows. ``dweight`` is None
+    when ``weight`` is None.
+
+    ``mean`` is refined against ``x`` (one correction pass) before use, so a mean that was
+    rounded to float32 still gives the gradient at the row's true mean; fastln does the same.
+    """
+    dy, x, mean, rstd = (_precise(a) for a in (dy, x, mean, rstd))
+    axes = _row_axes(x, x.ndim - mean.ndim)
+    lead = tuple(range(mean.ndim))
+    mean = np.expand_dims(mean, axes)
+    rstd = np.expand_dims(rstd, axes)
+    centred = x - mean
+    xc = centred - centred.mean(axis=axes, keepdims=True)
+    xhat = xc * rstd
+    g = dy if weight is None else dy * _precise(weight)
+    dx = rstd * (g - g.mean(axis=axes, keepdims=True)
+                 - xhat * np.mean(g * xhat, axis=axes, keepdims=True))
+    dweight = None if weight is None else np.sum(dy * xhat, axis=lead)
+    dbias = np.sum(dy, axis=lead)
+    return dx, dweight, dbias
+
+
+def layer_norm_jacobian(x, weight=None, eps=1e-5):
+    """Return the N x N Jacobian ``J[i, j] = dy_i / dx_j`` of LayerNorm for one row ``x``.
+
+    With ``xhat = (x - mean) * rstd`` and ``rstd = 1 / sqrt(var + eps)``::
+
+        J[i, j] = weight_i * rstd * (delta_ij - 1/N - xhat_i * xhat_j / N)
+
+    which for eps = 0 is the textbook ``(N delta_ij - 1 - xhat_i xhat_j) / (N sigma)``. Every row
+    of J sums to zero (adding a constant to x changes nothing), yet ``J.T @ dy`` is the gradient
+    ``layer_norm_backward`` returns, and it is zero only when dy is constant or proportional to
+    xhat.
+    """
+    x = _precise(x)
+    if x.ndim != 1:
+        raise ValueError(f"layer_norm_jacobian takes one row (a 1-d array), got shape {x.shape}")
+    n = x.shape[0]
+    xhat, _, rstd = layer_norm_forward(x, n, eps=eps)
+    jac = rstd * (np.eye(n, dtype=x.dtype) - 1.0 / n - np.outer(xhat, xhat) / n)
+    if weight is not None:
+        jac = _precise(weight)[:, None] * jac
+    return jac
