@@ -6,6 +6,7 @@ ndarrays out) follow NumPy.
 """
 
 import math
+import numbers
 import operator
 from functools import lru_cache
 
@@ -42,10 +43,9 @@ def _normalized_shape(normalized_shape):
 
 
 def _eps(eps):
-    try:
-        value = float(eps)
-    except (TypeError, ValueError):
-        raise TypeError(f"eps must be a real number, got {eps!r}") from None
+    if not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a real number, got {eps!r}")
+    value = float(eps)
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
     return value

@@ -104,8 +104,9 @@ def layer_norm_jacobian(x, weight=None, eps=1e-5):
 
     which for eps = 0 is the textbook ``(N delta_ij - 1 - xhat_i xhat_j) / (N sigma)``. Every row
     of J sums to zero (adding a constant to x changes nothing), yet ``J.T @ dy`` is the gradient
-    ``layer_norm_backward`` returns, and it is zero only when dy is constant or proportional to
-    xhat.
+    ``layer_norm_backward`` returns. With eps = 0 it vanishes only when ``dy * weight`` is a
+    constant plus a multiple of xhat; with eps > 0 the xhat direction keeps a small
+    ``eps * rstd**3`` share.
     """
     x = _precise(x)
     if x.ndim != 1:

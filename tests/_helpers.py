@@ -1,0 +1,44 @@
+"""Helpers shared by the tests (on sys.path through pytest's `pythonpath` setting)."""
+
+import numpy as np
+
+# Relative error allowed against the float64 reference, as a fraction of max|reference|.
+TOL = {np.float32: 1e-6, np.float64: 1e-12}
+
+DTYPES = [np.float32, np.float64]
+
+# Rows whose mean dwarfs their spread, where other libraries lose digits (ANCHORS.md).
+HARD_ROWS = [
+    ("1e4+randn", 1e4, 1.0, 4096),
+    ("1e5+randn", 1e5, 1.0, 4096),
+    ("1e4+0.1randn", 1e4, 0.1, 768),
+    ("3e4+0.01randn", 3e4, 0.01, 1024),
+]
+
+
+def rel_err(got, want):
+    """max|got - want| / max|want|, NaN-aware (NaN must match NaN)."""
+    got = np.asarray(got, dtype=np.longdouble)
+    want = np.asarray(want, dtype=np.longdouble)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    finite = np.isfinite(want)
+    np.testing.assert_array_equal(got[~finite], want[~finite])
+    if not finite.any():
+        return 0.0
+    scale = np.abs(want[finite]).max()
+    diff = np.abs(got[finite] - want[finite]).max()
+    return float(diff / scale) if scale > 0 else float(diff)
+
+
+def assert_close(got, want, dtype):
+    err = rel_err(got, want)
+    assert err <= TOL[np.dtype(dtype).type], f"relative error {err:.3g} > {TOL[np.dtype(dtype).type]}"
+
+
+def precise(a):
+    """What to hand the reference: longdouble where it is more precise than float64."""
+    a = np.asarray(a)
+    if a.dtype == np.float64 and np.finfo(np.longdouble).eps < np.finfo(np.float64).eps:
+        return a.astype(np.longdouble)
+    return a

@@ -1,0 +1,255 @@
+"""fastln's LayerNorm forward and backward against the float64 reference."""
+
+import numpy as np
+import pytest
+from _helpers import DTYPES, HARD_ROWS, assert_close, precise, rel_err
+
+import fastln
+from fastln import reference
+
+SHAPES = [
+    ((1,), 1),
+    ((5, 1), 1),
+    ((7, 3), 3),
+    ((2, 17), 17),
+    ((3, 1023), 1023),
+    ((2, 4097), 4097),
+    ((768,), 768),                 # a single row, 1-d
+    ((1, 768), 768),
+    ((2, 3, 4, 5), (4, 5)),        # several trailing dims
+    ((2, 3, 4, 5), (3, 4, 5)),
+    ((300, 64), 64),               # enough rows for several blocks
+]
+
+
+def _inputs(rng, shape, normalized_shape, dtype, affine):
+    x = rng.standard_normal(shape).astype(dtype)
+    nshape = (normalized_shape,) if np.ndim(normalized_shape) == 0 else normalized_shape
+    w = rng.standard_normal(nshape).astype(dtype) if affine else None
+    b = rng.standard_normal(nshape).astype(dtype) if affine else None
+    return x, w, b
+
+
+def _check_forward_backward(x, nshape, w, b, dtype, dy=None, rng=None):
+    y, mean, rstd = fastln.layer_norm_forward(x, nshape, w, b)
+    y_ref, mean_ref, rstd_ref = reference.layer_norm_forward(precise(x), nshape, w, b)
+    assert y.dtype == dtype and mean.dtype == dtype and rstd.dtype == dtype
+    assert y.shape == x.shape and mean.shape == mean_ref.shape == rstd.shape
+    assert_close(y, y_ref, dtype)
+    assert_close(mean, mean_ref, dtype)
+    assert_close(rstd, rstd_ref, dtype)
+    np.testing.assert_array_equal(fastln.layer_norm(x, nshape, w, b), y)
+
+    if dy is None:
+        dy = rng.standard_normal(x.shape).astype(dtype)
+    dx, dw, db = fastln.layer_norm_backward(dy, x, mean, rstd, w)
+    dx_ref, dw_ref, db_ref = reference.layer_norm_backward(precise(dy), precise(x), mean_ref,
+                                                           rstd_ref, w)
+    assert dx.dtype == dtype and dx.shape == x.shape
+    assert_close(dx, dx_ref, dtype)
+    assert_close(db, db_ref, dtype)
+    if w is None:
+        assert dw is None
+    else:
+        assert dw.shape == w.shape and dw.dtype == dtype
+        assert_close(dw, dw_ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("shape, normalized_shape", SHAPES)
+def test_matches_reference(rng, simd_path, shape, normalized_shape, dtype, affine):
+    x, w, b = _inputs(rng, shape, normalized_shape, dtype, affine)
+    _check_forward_backward(x, normalized_shape, w, b, dtype, rng=rng)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name, offset, scale, n", HARD_ROWS)
+def test_rows_with_a_large_mean(rng, simd_path, name, offset, scale, n, dtype):
+    x = (offset + scale * rng.standard_normal((64, n))).astype(dtype)
+    _, w, b = _inputs(rng, (64, n), n, dtype, True)
+    _check_forward_backward(x, n, None, None, dtype, rng=rng)
+    _check_forward_backward(x, n, w, b, dtype, rng=rng)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_four_consecutive_integers_far_from_zero(dtype):
+    x = np.array([[40000, 40001, 40002, 40003]], dtype=dtype)
+    y, mean, rstd = fastln.layer_norm_forward(x, 4, eps=0.0)
+    expected = np.array([-3, -1, 1, 3]) / np.sqrt(5.0)   # (x - 40001.5) / sqrt(1.25)
+    assert mean[0] == 40001.5
+    tol = 1e-7 if dtype == np.float32 else 1e-15
+    assert rel_err(y[0], expected) < tol
+    assert np.isfinite(y).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_constant_rows(rng, simd_path, dtype):
+    x = np.repeat(rng.standard_normal((5, 1)) * 1e3, 777, axis=1).astype(dtype)
+    w = rng.standard_normal(777).astype(dtype)
+    b = rng.standard_normal(777).astype(dtype)
+    y, mean, rstd = fastln.layer_norm_forward(x, 777, w, b)
+    np.testing.assert_array_equal(y, np.broadcast_to(b, x.shape))   # exactly the bias
+    np.testing.assert_array_equal(mean, x[:, 0])
+    assert_close(rstd, np.full(5, 1 / np.sqrt(1e-5)), dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    dx, dw, db = fastln.layer_norm_backward(dy, x, mean, rstd, w)
+    dx_ref, dw_ref, db_ref = reference.layer_norm_backward(dy, x, mean, rstd, w)
+    assert_close(dx, dx_ref, dtype)
+    np.testing.assert_array_equal(dw, np.zeros(777, dtype))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_non_finite_value_spoils_only_its_row(rng, bad, dtype):
+    x = rng.standard_normal((4, 100)).astype(dtype)
+    x[2, 37] = bad
+    y, mean, rstd = fastln.layer_norm_forward(x, 100)
+    assert np.isfinite(np.delete(y, 2, axis=0)).all()
+    assert not np.isfinite(y[2]).all()
+    clean = np.delete(x, 2, axis=0)
+    np.testing.assert_array_equal(np.delete(y, 2, axis=0), fastln.layer_norm(clean, 100))
+    dx, _, _ = fastln.layer_norm_backward(np.ones_like(x), x, mean, rstd)
+    assert np.isfinite(np.delete(dx, 2, axis=0)).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_zero_rows(dtype):
+    x = np.empty((0, 3, 8), dtype)
+    y, mean, rstd = fastln.layer_norm_forward(x, 8)
+    assert y.shape == (0, 3, 8) and mean.shape == (0, 3) and rstd.shape == (0, 3)
+    w = np.ones(8, dtype)
+    dx, dw, db = fastln.layer_norm_backward(x, x, mean, rstd, w)
+    assert dx.shape == x.shape
+    np.testing.assert_array_equal(dw, np.zeros(8, dtype))
+    np.testing.assert_array_equal(db, np.zeros(8, dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_eps_zero_and_large_eps(rng, dtype):
+    x = rng.standard_normal((3, 50)).astype(dtype)
+    for eps in (0.0, 0.5, 1e3):
+        y = fastln.layer_norm(x, 50, eps=eps)
+        assert_close(y, reference.layer_norm(precise(x), 50, eps=eps), dtype)
+
+
+# ------------------------------------------------------------------------------------------
+# layouts
+
+
+def _views(rng, dtype):
+    base = rng.standard_normal((40, 60)).astype(dtype)
+    yield "transposed", base.T, 40
+    yield "column slice", base[:, 5:45], 40
+    yield "strided rows", base[::3], 60
+    yield "strided cols", base[:, ::2], 30
+    yield "negative stride", base[::-1, ::-1], 60
+    yield "fortran", np.asfortranarray(base), 60
+    unaligned = np.frombuffer(b"\0" + base.tobytes(), dtype=dtype, offset=1).reshape(base.shape)
+    yield "unaligned", unaligned, 60
+    yield "byte-swapped", base.astype(base.dtype.newbyteorder(">")), 60
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_any_layout(rng, dtype):
+    for name, x, n in _views(rng, dtype):
+        w = rng.standard_normal(n).astype(dtype)
+        y = fastln.layer_norm(x, n, w[::-1], None)
+        want = fastln.layer_norm(np.ascontiguousarray(x, dtype=dtype), n, w[::-1].copy())
+        np.testing.assert_array_equal(y, want, err_msg=name)
+        assert y.flags.c_contiguous
+        y2, mean, rstd = fastln.layer_norm_forward(x, n)
+        dy = x[::-1] if x.ndim == 2 else x
+        dx = fastln.layer_norm_backward(dy, x, mean, rstd)[0]
+        dx_want = fastln.layer_norm_backward(np.ascontiguousarray(dy), np.ascontiguousarray(x),
+                                             mean, rstd)[0]
+        np.testing.assert_array_equal(dx, dx_want, err_msg=name)
+
+
+def test_array_likes():
+    rows = [[1.0, 2.0, 3.0], [4.0, 6.0, 9.0]]
+    y = fastln.layer_norm(rows, 3, weight=[1, 2, 3], bias=(0.0, 0.5, 1.0))
+    assert isinstance(y, np.ndarray) and y.dtype == np.float64
+    want = reference.layer_norm(np.array(rows), 3, np.array([1, 2, 3]), np.array([0, 0.5, 1]))
+    assert_close(y, want, np.float64)
+
+
+def test_float32_weight_with_float64_input(rng):
+    x = rng.standard_normal((4, 8))
+    w = rng.standard_normal(8).astype(np.float32)
+    y = fastln.layer_norm(x, 8, w)
+    assert y.dtype == np.float64
+    assert_close(y, reference.layer_norm(x, 8, w), np.float64)
+
+
+# ------------------------------------------------------------------------------------------
+# out=
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_out(rng, dtype):
+    x = rng.standard_normal((6, 33)).astype(dtype)
+    out = np.full_like(x, np.nan)
+    y = fastln.layer_norm(x, 33, out=out)
+    assert y is out
+    np.testing.assert_array_equal(out, fastln.layer_norm(x, 33))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_out_non_contiguous(rng, dtype):
+    x = rng.standard_normal((6, 33)).astype(dtype)
+    buf = np.zeros((6, 66), dtype)
+    out = buf[:, ::2]
+    y = fastln.layer_norm(x, 33, out=out)
+    assert y is out
+    np.testing.assert_array_equal(out, fastln.layer_norm(x, 33))
+    assert (buf[:, 1::2] == 0).all()          # the gaps are untouched
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_out_is_x_works_in_place(rng, dtype):
+    x = rng.standard_normal((9, 100)).astype(dtype) + 5
+    want = fastln.layer_norm(x, 100, eps=1e-3)
+    y = fastln.layer_norm(x, 100, eps=1e-3, out=x)
+    assert y is x
+    np.testing.assert_array_equal(x, want)
+
+
+def test_out_interleaved_with_x_is_safe(rng):
+    # out and x share a buffer but not elements: x is copied first, so no overlap remains.
+    buf = rng.standard_normal((5, 40)).astype(np.float32)
+    x, out = buf[:, ::2], buf[:, 1::2]
+    want = fastln.layer_norm(x.copy(), 20)
+    fastln.layer_norm(x, 20, out=out)
+    np.testing.assert_array_equal(out, want)
+
+
+# ------------------------------------------------------------------------------------------
+# inputs are never modified
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_inputs_untouched(rng, dtype):
+    x = rng.standard_normal((8, 16)).astype(dtype)
+    w = rng.standard_normal(16).astype(dtype)
+    b = rng.standard_normal(16).astype(dtype)
+    dy = rng.standard_normal((8, 16)).astype(dtype)
+    copies = [a.copy() for a in (x, w, b, dy)]
+    y, mean, rstd = fastln.layer_norm_forward(x, 16, w, b)
+    stats = (mean.copy(), rstd.copy())
+    fastln.layer_norm(x, 16, w, b)
+    fastln.layer_norm_backward(dy, x, mean, rstd, w)
+    for a, c in zip((x, w, b, dy), copies):
+        np.testing.assert_array_equal(a, c)
+    np.testing.assert_array_equal(mean, stats[0])
+    np.testing.assert_array_equal(rstd, stats[1])
+
+
+def test_default_weight_is_not_exposed():
+    # The cached ones/zeros used for a missing weight are read-only, so no call can change them.
+    x = np.ones((2, 4), np.float32)
+    y1 = fastln.layer_norm(x * [1, 2, 3, 4], 4)
+    y2 = fastln.layer_norm(x * [1, 2, 3, 4], 4)
+    np.testing.assert_array_equal(y1, y2)
+    from fastln._ops import _constant
+    assert not _constant(4, np.dtype(np.float32), 1).flags.writeable

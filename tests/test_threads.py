@@ -1,0 +1,76 @@
+"""Threads: the same bits for any thread count, and the counts users set are honoured."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from _helpers import DTYPES
+
+import fastln
+from fastln import _cpu
+
+OPENMP = _cpu.build_info()["openmp"]
+needs_openmp = pytest.mark.skipif(not OPENMP, reason="fastln was built without OpenMP")
+
+
+def _run_all(x, n, w, b, dy):
+    y, mean, rstd = fastln.layer_norm_forward(x, n, w, b)
+    return (y, mean, rstd) + fastln.layer_norm_backward(dy, x, mean, rstd, w)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(4096, 1024), (1000, 33), (65, 4097), (20000, 3)])
+def test_same_bits_for_any_thread_count(rng, threads, simd_path, shape, dtype):
+    x = (rng.standard_normal(shape) + 100).astype(dtype)
+    w = rng.standard_normal(shape[1]).astype(dtype)
+    b = rng.standard_normal(shape[1]).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    threads(1)
+    want = _run_all(x, shape[1], w, b, dy)
+    for n in (2, 3, 7):
+        threads(n)
+        got = _run_all(x, shape[1], w, b, dy)
+        for g, e in zip(got, want):
+            np.testing.assert_array_equal(g, e)   # bit for bit, dweight and dbias included
+
+
+def test_set_and_get(threads):
+    default = fastln.get_num_threads()
+    assert default >= 1
+    threads(3)
+    assert fastln.get_num_threads() == (3 if OPENMP else 1)
+    threads(None)
+    assert fastln.get_num_threads() == default
+
+
+def _threads_in_subprocess(env_extra, code="import fastln; print(fastln.get_num_threads())"):
+    env = dict(os.environ, **env_extra)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+@needs_openmp
+@pytest.mark.parametrize("count", [1, 3])
+def test_omp_num_threads_is_honoured(count):
+    assert _threads_in_subprocess({"OMP_NUM_THREADS": str(count)}) == count
+
+
+@needs_openmp
+def test_threadpoolctl_limits_are_honoured(threads):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    threads(None)
+    outside = fastln.get_num_threads()
+    with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
+        assert fastln.get_num_threads() == 1
+    assert fastln.get_num_threads() == outside
+
+
+@needs_openmp
+def test_explicit_count_beats_threadpoolctl(threads):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    threads(2)
+    with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
+        assert fastln.get_num_threads() == 2
