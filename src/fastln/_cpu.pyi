@@ -1,0 +1,38 @@
+"""Type stubs for the compiled CPU backend, fastln._cpu (see _cpu.pyx)."""
+
+from typing import TypedDict
+
+import numpy as np
+import numpy.typing as npt
+
+class _BuildInfo(TypedDict):
+    openmp: bool
+    compiler: str
+    flags: str
+    compiled_paths: list[str]
+
+def set_num_threads(n: int | None) -> None: ...
+def get_num_threads() -> int: ...
+def simd_paths() -> list[str]: ...
+def simd_path() -> str: ...
+def use_simd_path(name: str) -> str: ...
+def build_info() -> _BuildInfo: ...
+def layer_norm_forward(
+    x: npt.NDArray[np.floating],
+    w: npt.NDArray[np.floating],
+    b: npt.NDArray[np.floating],
+    y: npt.NDArray[np.floating],
+    mean: npt.NDArray[np.floating] | None,
+    rstd: npt.NDArray[np.floating] | None,
+    eps: float,
+) -> None: ...
+def layer_norm_backward(
+    dy: npt.NDArray[np.floating],
+    x: npt.NDArray[np.floating],
+    mean: npt.NDArray[np.floating],
+    rstd: npt.NDArray[np.floating],
+    w: npt.NDArray[np.floating],
+    dx: npt.NDArray[np.floating],
+    dw: npt.NDArray[np.floating] | None,
+    db: npt.NDArray[np.floating],
+) -> None: ...
