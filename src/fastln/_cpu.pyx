@@ -84,6 +84,11 @@ def get_num_threads():
     return _num_threads()
 
 
+def requested_num_threads():
+    """The count given to `set_num_threads`, or None when OpenMP's default applies."""
+    return _requested_threads if _requested_threads > 0 else None
+
+
 cdef int _num_threads() noexcept:
     if not FASTLN_OPENMP:
         return 1
