@@ -253,3 +253,20 @@ def test_default_weight_is_not_exposed():
     np.testing.assert_array_equal(y1, y2)
     from fastln._ops import _constant
     assert not _constant(4, np.dtype(np.float32), 1).flags.writeable
+
+
+def test_float32_extremes_do_not_overflow(rng):
+    big = np.float32(3e38)
+    x = np.array([[big, -big, big, -big], [1e-40, -1e-40, 2e-40, 0.0]], np.float32)
+    for eps in (1e-5, 0.0):
+        y = fastln.layer_norm(x, 4, eps=eps)
+        want = reference.layer_norm(x, 4, eps=eps)
+        assert np.isfinite(y).all()
+        assert_close(y, want, np.float32)
+
+
+def test_float64_overflowing_spread_gives_nan_not_a_number_that_looks_right():
+    x = np.array([[1e200, -1e200, 0.0, 1.0], [1.0, 2.0, 3.0, 4.0]])
+    y = fastln.layer_norm(x, 4)
+    assert np.isnan(y[0]).all()
+    assert_close(y[1], reference.layer_norm(x[1], 4), np.float64)

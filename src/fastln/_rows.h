@@ -9,6 +9,7 @@
 #define FASTLN_ROWS_H
 
 #include <Python.h>
+#include <float.h>
 #include <math.h>
 #include <string.h>
 

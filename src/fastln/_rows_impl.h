@@ -80,10 +80,24 @@ static TARGET void NAME(ln_fwd)(const T *x, const T *restrict w, const T *restri
         const T pivot = xr[0];
         double mu, m2;
         HELPER(row_moments)(xr, n, (double)pivot, &mu, &m2);
-        const double rs = 1.0 / sqrt(m2 / (double)n + eps);
+        /* A finite float64 row whose spread exceeds ~1e154 overflows m2: say so with NaN
+         * rather than return the bias as if the row were constant. */
+        const double rs = m2 > DBL_MAX ? NAN : 1.0 / sqrt(m2 / (double)n + eps);
         if (mean != NULL) {
             mean[r] = (T)((double)pivot + mu);
             rstd[r] = (T)rs;
+        }
+        /* sqrt(m2) bounds every |x - mean|. When it or rstd is far outside float32's comfortable
+         * range (values near FLT_MAX, subnormal spreads, eps = 0 on a near-constant row), the
+         * row is finished in double so that nothing overflows or loses digits; otherwise in T. */
+        const double spread = sqrt(m2);
+        if (sizeof(T) < sizeof(double) &&
+            !(spread < 0x1p100 && spread > 0x1p-100 && rs < 0x1p100)) {
+            for (Py_ssize_t i = 0; i < n; i++) {
+                const double centred = ((double)xr[i] - (double)pivot) - mu;
+                yr[i] = (T)(centred * rs * (double)w[i] + (double)b[i]);
+            }
+            continue;
         }
         /* (x - pivot) is exact; subtracting the small remainder mu rounds once. */
         const T mu_t = (T)mu, rs_t = (T)rs;
