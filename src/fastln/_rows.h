@@ -53,61 +53,24 @@ typedef struct {
 #define FASTLN_CAT3_(a, b, c) a##_##b##_##c
 #define FASTLN_CAT3(a, b, c) FASTLN_CAT3_(a, b, c)
 #define NAME(f) FASTLN_CAT3(f, FASTLN_PATH, FASTLN_TS)
-#define HELPER(f) FASTLN_CAT3(f, FASTLN_PATH, FASTLN_TS)
 
-/* One path = _rows_impl.h compiled for float and for double with one TARGET and LANES. */
+/* Each path: FASTLN_PATH, TARGET and LANES, then _rows_path.h instantiates it. */
 #define FASTLN_PATH baseline
 #define TARGET
 #define LANES 16
-#define T float
-#define FASTLN_TS f32
-#include "_rows_impl.h"
-#undef T
-#undef FASTLN_TS
-#define T double
-#define FASTLN_TS f64
-#include "_rows_impl.h"
-#undef T
-#undef FASTLN_TS
-#undef LANES
-#undef TARGET
-#undef FASTLN_PATH
+#include "_rows_path.h"
 
 #if FASTLN_X86_DISPATCH
 #define FASTLN_PATH avx2
 #define TARGET __attribute__((target("avx2,fma")))
 #define LANES 16
-#define T float
-#define FASTLN_TS f32
-#include "_rows_impl.h"
-#undef T
-#undef FASTLN_TS
-#define T double
-#define FASTLN_TS f64
-#include "_rows_impl.h"
-#undef T
-#undef FASTLN_TS
-#undef LANES
-#undef TARGET
-#undef FASTLN_PATH
+#include "_rows_path.h"
 
 #define FASTLN_PATH avx512
 #define TARGET                                                                               \
     __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,prefer-vector-width=512")))
 #define LANES 32
-#define T float
-#define FASTLN_TS f32
-#include "_rows_impl.h"
-#undef T
-#undef FASTLN_TS
-#define T double
-#define FASTLN_TS f64
-#include "_rows_impl.h"
-#undef T
-#undef FASTLN_TS
-#undef LANES
-#undef TARGET
-#undef FASTLN_PATH
+#include "_rows_path.h"
 #endif /* FASTLN_X86_DISPATCH */
 
 #define FASTLN_TABLE(path)                                                                    \

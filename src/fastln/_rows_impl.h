@@ -2,8 +2,7 @@
  *
  * The includer defines:
  *   T              element type (float or double)
- *   NAME(f)        the name of kernel f for this (path, dtype), e.g. f_avx2_f32
- *   HELPER(f)      the name of a helper for this (path, dtype)
+ *   NAME(f)        the name of function f for this (path, dtype), e.g. f_avx2_f32
  *   TARGET         the function attribute that selects the instruction set ("" for baseline)
  *   LANES          independent accumulators per row: a multiple of the SIMD width in doubles
  *
@@ -20,7 +19,7 @@
  * Welford's update in each of LANES lanes (lane l sees elements l, l + LANES, ...), then the lanes
  * are merged pairwise with Chan's formula, then the tail elements are added one by one.
  * The order of every operation depends only on n, never on threads. */
-static TARGET inline void HELPER(row_moments)(const T *restrict x, Py_ssize_t n, double k,
+static TARGET inline void NAME(row_moments)(const T *restrict x, Py_ssize_t n, double k,
                                               double *restrict mean_out, double *restrict m2_out)
 {
     double mean[LANES], m2[LANES];
@@ -79,7 +78,7 @@ static TARGET void NAME(ln_fwd)(const T *x, const T *restrict w, const T *restri
         T *yr = y + r * n;
         const T pivot = xr[0];
         double mu, m2;
-        HELPER(row_moments)(xr, n, (double)pivot, &mu, &m2);
+        NAME(row_moments)(xr, n, (double)pivot, &mu, &m2);
         /* A finite float64 row whose spread exceeds ~1e154 overflows m2: say so with NaN
          * rather than return the bias as if the row were constant. */
         const double rs = m2 > DBL_MAX ? NAN : 1.0 / sqrt(m2 / (double)n + eps);

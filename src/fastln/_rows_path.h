@@ -1,0 +1,15 @@
+/* Instantiates _rows_impl.h for float and for double on the path that the includer
+ * (_rows.h) describes with FASTLN_PATH, TARGET and LANES, then forgets that path. */
+#define T float
+#define FASTLN_TS f32
+#include "_rows_impl.h"
+#undef T
+#undef FASTLN_TS
+#define T double
+#define FASTLN_TS f64
+#include "_rows_impl.h"
+#undef T
+#undef FASTLN_TS
+#undef LANES
+#undef TARGET
+#undef FASTLN_PATH
