@@ -25,7 +25,7 @@ OPENMP_FLAGS = {
 }
 OPT_FLAGS = {
     "msvc": ["/O2"],
-    "unix": ["-O3", "-fno-math-errno", "-fno-trapping-math"],
+    "unix": ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"],
 }
 
 OPENMP_PROBE = r"""
