@@ -15,6 +15,7 @@ def _stub_functions():
         pytest.fail(f"{stub} is not installed beside the extension")
     tree = ast.parse(stub.read_text())
     return {node.name: [a.arg for a in node.args.args]
+            + ([node.args.vararg.arg] if node.args.vararg else [])
             for node in tree.body if isinstance(node, ast.FunctionDef)}
 
 

@@ -290,3 +290,134 @@ def layer_norm_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean, cnp.nda
             _sum_blocks(f64, parts + nblocks * n, nblocks, n, dbp)
     finally:
         free(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# for the fast path of fastln._ops: arrays of any leading shape, and memory layout in C
+#
+# On a row or a few the kernel takes well under a microsecond, while NumPy's reshape, .flags and
+# __array_interface__ cost 0.1 to 1.4 us each from Python; these do the same work in C.
+
+cdef object _as_rows(cnp.ndarray a, Py_ssize_t n):
+    """C-contiguous `a` as (rows, n): itself when it already has that shape, else a view."""
+    cdef cnp.npy_intp dims[2]
+    cdef cnp.PyArray_Dims shape
+    if cnp.PyArray_NDIM(a) == 2 and cnp.PyArray_DIM(a, 1) == n:
+        return a
+    dims[0] = cnp.PyArray_SIZE(a) // n
+    dims[1] = n
+    shape.ptr = dims
+    shape.len = 2
+    return cnp.PyArray_Newshape(a, &shape, cnp.NPY_CORDER)
+
+
+cdef object _as_vector(object a):
+    """C-contiguous `a` (or None) as a 1-d array: itself when it already is one, else a view."""
+    if a is None or cnp.PyArray_NDIM(<cnp.ndarray>a) == 1:
+        return a
+    return cnp.PyArray_Ravel(<cnp.ndarray>a, cnp.NPY_CORDER)
+
+
+def layer_norm_forward_nd(cnp.ndarray x, cnp.ndarray w, cnp.ndarray b, cnp.ndarray y,
+                          object mean, object rstd, double eps):
+    """`layer_norm_forward` with the leading dims of x, y, mean and rstd flattened into rows.
+
+    x, y: (*, *w.shape); w, b: any shape of w.size >= 1 elements; mean, rstd: (*) or None;
+    all C-contiguous, one dtype.
+    """
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(w)
+    layer_norm_forward(_as_rows(x, n), _as_vector(w), _as_vector(b), _as_rows(y, n),
+                       _as_vector(mean), _as_vector(rstd), eps)
+
+
+def layer_norm_backward_nd(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean, cnp.ndarray rstd,
+                           cnp.ndarray w, cnp.ndarray dx, object dw, cnp.ndarray db):
+    """`layer_norm_backward` with the leading dims of dy, x, dx, mean and rstd made rows.
+
+    dy, x, dx: (*, *w.shape); w, dw, db: any shape of w.size >= 1 elements; mean, rstd: (*);
+    all C-contiguous, one dtype.
+    """
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(w)
+    layer_norm_backward(_as_rows(dy, n), _as_rows(x, n), _as_vector(mean), _as_vector(rstd),
+                        _as_vector(w), _as_rows(dx, n), _as_vector(dw), _as_vector(db))
+
+
+def plain(*arrays):
+    """True if every argument is an ndarray the kernels can read as it is: C-contiguous, aligned."""
+    for a in arrays:
+        if not (isinstance(a, cnp.ndarray) and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
+                and cnp.PyArray_ISALIGNED(<cnp.ndarray>a)):
+            return False
+    return True
+
+
+cdef bint _byte_bounds(cnp.ndarray a, char **lo, char **hi) noexcept:
+    """[lo, hi) spans every byte of `a`; False when `a` has no elements."""
+    cdef int i
+    cdef Py_ssize_t extent
+    if cnp.PyArray_SIZE(a) == 0:
+        return False
+    lo[0] = hi[0] = <char *>cnp.PyArray_DATA(a)
+    for i in range(cnp.PyArray_NDIM(a)):
+        extent = (cnp.PyArray_DIM(a, i) - 1) * cnp.PyArray_STRIDE(a, i)
+        if extent < 0:
+            lo[0] += extent
+        else:
+            hi[0] += extent
+    hi[0] += cnp.PyArray_ITEMSIZE(a)
+    return True
+
+
+cdef int _overlap(cnp.ndarray a, cnp.ndarray b) noexcept:
+    cdef char *alo
+    cdef char *ahi
+    cdef char *blo
+    cdef char *bhi
+    if not (_byte_bounds(a, &alo, &ahi) and _byte_bounds(b, &blo, &bhi)):
+        return 0
+    if ahi <= blo or bhi <= alo:
+        return 0
+    return 1 if alo == blo and ahi == bhi else 2
+
+
+def overlap(cnp.ndarray a, cnp.ndarray b):
+    """0 if a's and b's bytes lie apart, 1 if they span the same range, 2 if they meet otherwise.
+
+    Bounds only, like numpy.may_share_memory: interleaved views of one buffer count as meeting.
+    """
+    return _overlap(a, b)
+
+
+def can_write(cnp.ndarray out, cnp.ndarray x, *inputs):
+    """True if a kernel reading x and `inputs` may write its result for x into `out` as it is.
+
+    That is: out has x's shape and dtype, is C-contiguous, aligned and writeable, and its bytes
+    are either exactly x's (the kernels work in place) or apart from x's, and apart from every
+    input's.
+    """
+    cdef int i
+    if not (cnp.PyArray_NDIM(out) == cnp.PyArray_NDIM(x)
+            and cnp.PyArray_EquivArrTypes(out, x)
+            and cnp.PyArray_IS_C_CONTIGUOUS(out) and cnp.PyArray_ISALIGNED(out)
+            and cnp.PyArray_ISWRITEABLE(out)):
+        return False
+    for i in range(cnp.PyArray_NDIM(x)):
+        if cnp.PyArray_DIM(out, i) != cnp.PyArray_DIM(x, i):
+            return False
+    if _overlap(out, x) == 2:
+        return False
+    for a in inputs:
+        if _overlap(out, <cnp.ndarray?>a):
+            return False
+    return True
+
+
+def empty(cnp.ndarray a, int start, int stop):
+    """A new C-contiguous array of a's dtype and shape ``a.shape[start:stop]``, contents unset.
+
+    numpy.empty(a.shape[start:stop], a.dtype) without the Python-level shape and dtype parsing,
+    which costs more than the forward kernel on a row of 768.
+    """
+    if not 0 <= start <= stop <= cnp.PyArray_NDIM(a):
+        raise ValueError(f"dims [{start}:{stop}] of a {cnp.PyArray_NDIM(a)}-d array")
+    return cnp.PyArray_EMPTY(stop - start, cnp.PyArray_DIMS(a) + start, cnp.PyArray_TYPE(a), 0)

@@ -17,6 +17,7 @@ from fastln import _cpu
 __all__ = ["layer_norm", "layer_norm_forward", "layer_norm_backward"]
 
 _SUPPORTED = (np.dtype(np.float32), np.dtype(np.float64))
+_F32, _F64 = _SUPPORTED
 _SUPPORTED_NAMES = "float32 or float64"
 
 
@@ -82,7 +83,7 @@ def _cast_to(name, a, dtype, target):
 
 
 def _split(x, normalized_shape):
-    """(rows, n) for x normalized over its trailing `normalized_shape` dims."""
+    """(rows, n) for x normalized over its trailing `normalized_shape` dims, which it checks."""
     if x.ndim == 0:
         raise ValueError("x must have at least one dimension, got a 0-d array")
     k = len(normalized_shape)
@@ -97,14 +98,10 @@ def _split(x, normalized_shape):
 
 
 def _kernel_ready(a):
-    return a.flags.c_contiguous and a.flags.aligned
-
-
-def _rows_view(a, rows, n):
-    """C-contiguous, aligned (rows, n) view of `a`, copying only if it is not already one."""
-    if not _kernel_ready(a):
-        a = np.ascontiguousarray(a) if a.flags.aligned else a.copy()
-    return a.reshape(rows, n)
+    """`a` as the kernels read it: C-contiguous and aligned, copied only if it is not already."""
+    if _cpu.plain(a):
+        return a
+    return np.ascontiguousarray(a) if a.flags.aligned else a.copy()
 
 
 @lru_cache(maxsize=64)
@@ -116,26 +113,91 @@ def _constant(n, dtype, value):
 
 
 def _param(name, a, normalized_shape, dtype, default):
-    """weight or bias as a contiguous (n,) vector of `dtype`; `default` fills it when None."""
-    n = math.prod(normalized_shape)
+    """weight or bias as a contiguous array of `dtype`; a (n,) vector of `default` when None."""
     if a is None:
-        return _constant(n, dtype, default)
+        return _constant(math.prod(normalized_shape), dtype, default)
     a = _cast_to(name, a, dtype, "x")
     if a.shape != normalized_shape:
         raise ValueError(f"{name} must have shape normalized_shape={normalized_shape}, "
                          f"got {a.shape}")
-    return _rows_view(a, 1, n)[0]
+    return _kernel_ready(a)
 
 
-def _output(out, shape, dtype, inputs):
-    """(result, (rows, n) array the kernel writes, array to copy into `out` afterwards or None).
+# The fast path. On a row or a few the kernels take well under a microsecond, several times less
+# than the conversions above. Input that needs none of them -- C-contiguous, aligned ndarrays of
+# one native float dtype in the expected shapes, normalized_shape an int or a tuple of ints, eps
+# a float -- is recognised by the cheap identity tests below and skips them. Anything else, every
+# input that must raise included, takes the general path, which checks it in full; both paths
+# end in the same out= check and the same kernel call.
 
-    `inputs` are the (name, array) pairs the kernel reads while it writes. An `out` that is the
-    very same memory as x works in place; any other overlap with them is refused.
+def _plain_forward_inputs(x, normalized_shape, weight, bias, eps):
+    """(normalized_shape as a tuple, weight, bias) as the general path makes them, if it would
+    convert nothing; else None."""
+    if not (type(x) is np.ndarray and type(eps) is float and 0.0 <= eps < math.inf):
+        return None
+    dtype, shape = x.dtype, x.shape
+    if not (dtype is _F32 or dtype is _F64):
+        return None
+    if type(normalized_shape) is int:
+        nshape = shape[-1:]
+        if normalized_shape <= 0 or nshape != (normalized_shape,):
+            return None
+    elif (type(normalized_shape) is tuple and 0 < len(normalized_shape) <= len(shape)
+            and shape[len(shape) - len(normalized_shape):] == normalized_shape):
+        nshape = normalized_shape
+        for d in nshape:                # equal to x's dims, but True and 8.0 compare equal too
+            if type(d) is not int or d == 0:
+                return None
+    else:
+        return None
+    w = _plain_param(weight, nshape, dtype, 1)
+    b = _plain_param(bias, nshape, dtype, 0)
+    if w is None or b is None or not _cpu.plain(x, w, b):
+        return None
+    return nshape, w, b
+
+
+def _plain_backward_inputs(dy, x, mean, rstd, weight):
+    """(normalized shape, weight) as the general path of the backward makes them, if it would
+    convert nothing; else None."""
+    if not (type(x) is np.ndarray and type(dy) is np.ndarray and type(mean) is np.ndarray
+            and type(rstd) is np.ndarray):
+        return None
+    dtype, shape, lead = x.dtype, x.shape, mean.shape
+    if not ((dtype is _F32 or dtype is _F64) and dy.dtype is dtype and mean.dtype is dtype
+            and rstd.dtype is dtype and dy.shape == shape and rstd.shape == lead
+            and len(lead) < len(shape) and shape[:len(lead)] == lead):
+        return None
+    nshape = shape[len(lead):]
+    if 0 in nshape:
+        return None
+    w = _plain_param(weight, nshape, dtype, 1)
+    if w is None or not _cpu.plain(dy, x, mean, rstd, w):
+        return None
+    return nshape, w
+
+
+def _plain_param(a, nshape, dtype, default):
+    """weight or bias as `_param` makes it, if that converts nothing; else None."""
+    if a is None:
+        return _constant(math.prod(nshape), dtype, default)
+    if type(a) is np.ndarray and a.dtype is dtype and a.shape == nshape:
+        return a
+    return None
+
+
+def _output(out, x, w, b):
+    """(result, array the kernel writes, array to copy into `out` afterwards or None).
+
+    The result has x's shape and dtype. The kernel reads x, w and b while it writes: an `out`
+    that is the very same memory as x works in place; any other overlap with them is refused.
     """
     if out is None:
-        result = np.empty(shape, dtype)
+        result = _cpu.empty(x, 0, x.ndim)
         return result, result, None
+    if isinstance(out, np.ndarray) and _cpu.can_write(out, x, w, b):
+        return out, out, None                # the usual case, recognised in one call
+    shape, dtype = x.shape, x.dtype
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
     if out.shape != shape:
@@ -144,39 +206,35 @@ def _output(out, shape, dtype, inputs):
         raise TypeError(f"out must have dtype {dtype}, got {out.dtype}")
     if not out.flags.writeable:
         raise ValueError("out is read-only")
-    if not _kernel_ready(out):
+    if not _cpu.plain(out):
         # The kernel writes a contiguous scratch array that is copied into out at the end.
         return out, np.empty(shape, dtype), out
-    for name, a in inputs:
-        if np.may_share_memory(out, a):
-            same = (name == "x" and a.size == out.size
-                    and a.__array_interface__["data"][0] == out.__array_interface__["data"][0])
-            if not same:
-                raise ValueError(f"out overlaps {name} without being the same array; pass "
-                                 f"out={name} to work in place, or a separate array")
-    return out, out, None
+    name = "x" if _cpu.overlap(out, x) == 2 else "weight" if _cpu.overlap(out, w) else "bias"
+    raise ValueError(f"out overlaps {name} without being the same array; pass "
+                     f"out={name} to work in place, or a separate array")
 
 
 # ---------------------------------------------------------------------------------------------
 # LayerNorm
 
 def _forward(x, normalized_shape, weight, bias, eps, out, with_stats):
-    x = _float_array("x", x)
-    normalized_shape = _normalized_shape(normalized_shape)
-    rows, n = _split(x, normalized_shape)
-    eps = _eps(eps)
-    w = _param("weight", weight, normalized_shape, x.dtype, 1)
-    b = _param("bias", bias, normalized_shape, x.dtype, 0)
-    x2 = _rows_view(x, rows, n)
-    y, target, copy_to = _output(out, x.shape, x.dtype, (("x", x2), ("weight", w), ("bias", b)))
-    lead = x.shape[:x.ndim - len(normalized_shape)]
+    plain = _plain_forward_inputs(x, normalized_shape, weight, bias, eps)
+    if plain is not None:
+        nshape, w, b = plain
+    else:
+        x = _float_array("x", x)
+        nshape = _normalized_shape(normalized_shape)
+        _split(x, nshape)
+        eps = _eps(eps)
+        w = _param("weight", weight, nshape, x.dtype, 1)
+        b = _param("bias", bias, nshape, x.dtype, 0)
+        x = _kernel_ready(x)
+    y, target, copy_to = _output(out, x, w, b)
     mean = rstd = None
     if with_stats:
-        mean = np.empty(lead, x.dtype)
-        rstd = np.empty(lead, x.dtype)
-    _cpu.layer_norm_forward(x2, w, b, target.reshape(rows, n),
-                            None if mean is None else mean.reshape(rows),
-                            None if rstd is None else rstd.reshape(rows), eps)
+        mean = _cpu.empty(x, 0, x.ndim - len(nshape))
+        rstd = _cpu.empty(x, 0, x.ndim - len(nshape))
+    _cpu.layer_norm_forward_nd(x, w, b, target, mean, rstd, eps)
     if copy_to is not None:
         copy_to[...] = target
     return y, mean, rstd
@@ -282,30 +340,31 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None):
     >>> bool(abs(dx.sum()) < 1e-12), db
     (True, array([1., 0., 0.]))
     """
-    x = _float_array("x", x)
-    if x.ndim == 0:
-        raise ValueError("x must have at least one dimension, got a 0-d array")
-    mean = _cast_to("mean", mean, x.dtype, "x")
-    rstd = _cast_to("rstd", rstd, x.dtype, "x")
-    if mean.ndim >= x.ndim or mean.shape != x.shape[:mean.ndim]:
-        raise ValueError(f"mean must have the leading shape of x (x.shape[:k] for some "
-                         f"k < x.ndim={x.ndim}), got mean of shape {mean.shape} for x of shape "
-                         f"{x.shape}")
-    if rstd.shape != mean.shape:
-        raise ValueError(f"rstd must have the shape of mean {mean.shape}, got {rstd.shape}")
-    dy = _cast_to("dy", dy, x.dtype, "x")
-    if dy.shape != x.shape:
-        raise ValueError(f"dy must have the shape of x {x.shape}, got {dy.shape}")
-    normalized_shape = x.shape[mean.ndim:]
-    rows, n = _split(x, normalized_shape)
-    w = _param("weight", weight, normalized_shape, x.dtype, 1)
-    dx = np.empty(x.shape, x.dtype)
-    dweight = None if weight is None else np.empty(normalized_shape, x.dtype)
-    dbias = np.empty(normalized_shape, x.dtype)
-    _cpu.layer_norm_backward(_rows_view(dy, rows, n), _rows_view(x, rows, n),
-                             _rows_view(mean, rows, 1).reshape(rows),
-                             _rows_view(rstd, rows, 1).reshape(rows), w,
-                             dx.reshape(rows, n),
-                             None if dweight is None else dweight.reshape(n),
-                             dbias.reshape(n))
+    plain = _plain_backward_inputs(dy, x, mean, rstd, weight)
+    if plain is not None:
+        nshape, w = plain
+    else:
+        x = _float_array("x", x)
+        if x.ndim == 0:
+            raise ValueError("x must have at least one dimension, got a 0-d array")
+        mean = _cast_to("mean", mean, x.dtype, "x")
+        rstd = _cast_to("rstd", rstd, x.dtype, "x")
+        if mean.ndim >= x.ndim or mean.shape != x.shape[:mean.ndim]:
+            raise ValueError(f"mean must have the leading shape of x (x.shape[:k] for some "
+                             f"k < x.ndim={x.ndim}), got mean of shape {mean.shape} for x of "
+                             f"shape {x.shape}")
+        if rstd.shape != mean.shape:
+            raise ValueError(f"rstd must have the shape of mean {mean.shape}, got {rstd.shape}")
+        dy = _cast_to("dy", dy, x.dtype, "x")
+        if dy.shape != x.shape:
+            raise ValueError(f"dy must have the shape of x {x.shape}, got {dy.shape}")
+        nshape = x.shape[mean.ndim:]
+        _split(x, nshape)
+        w = _param("weight", weight, nshape, x.dtype, 1)
+        dy, x, mean, rstd = (_kernel_ready(a) for a in (dy, x, mean, rstd))
+    ndim, lead = x.ndim, x.ndim - len(nshape)
+    dx = _cpu.empty(x, 0, ndim)
+    dweight = None if weight is None else _cpu.empty(x, lead, ndim)
+    dbias = _cpu.empty(x, lead, ndim)
+    _cpu.layer_norm_backward_nd(dy, x, mean, rstd, w, dx, dweight, dbias)
     return dx, dweight, dbias

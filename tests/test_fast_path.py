@@ -1,0 +1,202 @@
+"""The fast path of fastln._ops: taken for plain input, never for anything else, same results.
+
+Plain input (C-contiguous ndarrays of float32/float64, an int or a tuple of ints for
+normalized_shape, a float eps) skips the general conversions; every other input goes through
+them. Both must give bit-identical results, since they end in the same kernel call.
+"""
+
+import numpy as np
+import pytest
+from _helpers import DTYPES
+
+import fastln
+from fastln import _cpu, _ops
+
+
+class Sub(np.ndarray):
+    """An ndarray subclass: the same memory, but not a plain ndarray, so the general path."""
+
+
+@pytest.fixture
+def general_calls(monkeypatch):
+    """How many times the general path has converted an x (a list holding one count)."""
+    calls = [0]
+    convert = _ops._float_array
+
+    def counting(name, a):
+        if name == "x":
+            calls[0] += 1
+        return convert(name, a)
+
+    monkeypatch.setattr(_ops, "_float_array", counting)
+    return calls
+
+
+def _strided(a):
+    """`a`'s values in a non-contiguous view (every other element of a wider buffer)."""
+    buf = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+    view = buf[..., ::2]
+    view[...] = a
+    return view
+
+
+def _not_plain(a):
+    """`a`'s values in a strided view, or as a subclass where a view of it cannot be strided."""
+    if a.ndim and not _strided(a).flags.c_contiguous:
+        return _strided(a)
+    return a.view(Sub)
+
+
+CASES = [
+    ((1, 768), 768),
+    ((8, 768), 768),
+    ((768,), 768),
+    ((8, 768), (768,)),
+    ((2, 3, 4, 5), (4, 5)),
+    ((2, 3, 4, 5), (2, 3, 4, 5)),
+    ((0, 6), 6),
+]
+
+
+def _slow_variants(x, nshape, w, b):
+    """Ways to pass the same values that must each take the general path."""
+    as_list = list(nshape) if isinstance(nshape, tuple) else [nshape]
+    yield "x a subclass", x.view(Sub), nshape, w, b, 1e-5
+    yield "x strided", _not_plain(x), nshape, w, b, 1e-5
+    yield "normalized_shape a list", x, as_list, w, b, 1e-5
+    yield "normalized_shape numpy ints", x, tuple(np.int64(d) for d in as_list), w, b, 1e-5
+    yield "eps a numpy float", x, nshape, w, b, np.float64(1e-5)
+    if w is not None:
+        yield "weight strided", x, nshape, _not_plain(w), b, 1e-5
+        yield "bias a subclass", x, nshape, w, b.view(Sub), 1e-5
+        yield "weight a list", x, nshape, w.tolist(), b, 1e-5
+    if x.dtype == np.float64 and x.size:     # a list of no rows loses the row width
+        yield "x a list", x.tolist(), nshape, w, b, 1e-5
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("shape, nshape", CASES)
+def test_forward_paths_agree(rng, general_calls, shape, nshape, dtype, affine):
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    wshape = (nshape,) if isinstance(nshape, int) else nshape
+    w = rng.standard_normal(wshape).astype(dtype) if affine else None
+    b = rng.standard_normal(wshape).astype(dtype) if affine else None
+
+    y, mean, rstd = fastln.layer_norm_forward(x, nshape, w, b)
+    out = np.full_like(x, np.nan)
+    assert fastln.layer_norm(x, nshape, w, b, out=out) is out
+    y_fresh = fastln.layer_norm(x, nshape, w, b)
+    assert general_calls[0] == 0, "plain input left the fast path"
+    np.testing.assert_array_equal(out, y)
+    np.testing.assert_array_equal(y_fresh, y)
+    assert mean.shape == rstd.shape == x.shape[:x.ndim - len(wshape)]
+
+    for name, xs, ns, ws, bs, eps in _slow_variants(x, nshape, w, b):
+        before = general_calls[0]
+        y2, mean2, rstd2 = fastln.layer_norm_forward(xs, ns, ws, bs, eps)
+        out2 = np.full_like(x, np.nan)
+        fastln.layer_norm(xs, ns, ws, bs, eps, out=out2)
+        assert general_calls[0] == before + 2, f"{name} took the fast path"
+        for got, want in ((y2, y), (mean2, mean), (rstd2, rstd), (out2, y)):
+            assert type(got) is np.ndarray and got.dtype == dtype, name
+            np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_in_place_and_awkward_out(rng, general_calls, dtype):
+    x = rng.standard_normal((8, 64)).astype(dtype)
+    want = fastln.layer_norm(x.view(Sub), 64)             # general path
+    y = x.copy()
+    assert fastln.layer_norm(y, 64, out=y) is y           # in place, fast path
+    np.testing.assert_array_equal(y, want)
+    y = x.copy()
+    fastln.layer_norm(y, 64, out=y.view())                 # another view of the same bytes
+    np.testing.assert_array_equal(y, want)
+    out = _strided(np.zeros_like(x))                       # fast inputs, scratch for out
+    fastln.layer_norm(x, 64, out=out)
+    np.testing.assert_array_equal(out, want)
+    assert general_calls[0] == 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("shape, nshape", CASES)
+def test_backward_paths_agree(rng, general_calls, shape, nshape, dtype, affine):
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    wshape = (nshape,) if isinstance(nshape, int) else nshape
+    w = rng.standard_normal(wshape).astype(dtype) if affine else None
+    dy = rng.standard_normal(shape).astype(dtype)
+    _, mean, rstd = fastln.layer_norm_forward(x, nshape, w)
+    base = general_calls[0]
+    dx, dw, db = fastln.layer_norm_backward(dy, x, mean, rstd, w)
+    assert general_calls[0] == base, "plain input left the fast path"
+    variants = [("x a subclass", dy, x.view(Sub), mean, rstd, w),
+                ("dy strided", _not_plain(dy), x, mean, rstd, w),
+                ("mean a subclass", dy, x, mean.view(Sub), rstd, w),
+                ("rstd strided", dy, x, mean, _not_plain(rstd), w)]
+    if w is not None:
+        variants.append(("weight strided", dy, x, mean, rstd, _not_plain(w)))
+    for name, *args in variants:
+        before = general_calls[0]
+        dx2, dw2, db2 = fastln.layer_norm_backward(*args)
+        assert general_calls[0] == before + 1, f"{name} took the fast path"
+        np.testing.assert_array_equal(dx2, dx, err_msg=name)
+        np.testing.assert_array_equal(db2, db, err_msg=name)
+        if w is None:
+            assert dw2 is None
+        else:
+            np.testing.assert_array_equal(dw2, dw, err_msg=name)
+
+
+# Inputs that pass the fast path's identity tests but one, and must still raise.
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda x: fastln.layer_norm(x, True), TypeError, "normalized_shape"),
+    (lambda x: fastln.layer_norm(x, (8.0,)), TypeError, "normalized_shape"),
+    (lambda x: fastln.layer_norm(x, (2, 8)), ValueError, "expected input with shape"),
+    (lambda x: fastln.layer_norm(x, 0), ValueError, "expected input with shape"),
+    (lambda x: fastln.layer_norm(x, 8, eps=float("nan")), ValueError, "eps must be finite"),
+    (lambda x: fastln.layer_norm(x, 8, eps=-0.5), ValueError, "eps must be finite"),
+    (lambda x: fastln.layer_norm(x, 8, np.ones(8)), TypeError, "weight has dtype float64"),
+    (lambda x: fastln.layer_norm(x, 8, None, np.ones((1, 8), np.float32)), ValueError,
+     "bias must have shape"),
+    (lambda x: fastln.layer_norm(x, 8, out=np.empty((4, 8))), TypeError, "out must have dtype"),
+    (lambda x: fastln.layer_norm(x, 8, out=np.empty(32, np.float32)), ValueError,
+     "out must have shape"),
+    (lambda x: fastln.layer_norm(x, 8, out=x.reshape(-1)[:-8].reshape(3, 8)), ValueError,
+     "out must have shape"),
+    (lambda x: fastln.layer_norm(x[1:], 8, out=x[:-1]), ValueError, "out overlaps x"),
+    (lambda x: fastln.layer_norm(x, 8, out=np.empty((4, 8), np.float32).view(">f4")),
+     TypeError, "out must have dtype"),
+    (lambda x: fastln.layer_norm_backward(x, x, np.zeros(4, np.float32), np.ones(3, np.float32)),
+     ValueError, "rstd must have the shape of mean"),
+    (lambda x: fastln.layer_norm_backward(x[:, :0], x[:, :0], np.zeros(4, np.float32),
+                                          np.ones(4, np.float32)), ValueError, "zero elements"),
+])
+def test_plain_looking_bad_input_still_raises(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call(np.ones((4, 8), np.float32))
+
+
+def test_overlap_matches_numpy_bounds():
+    buf = np.arange(60.0).reshape(6, 10)
+    views = [buf, buf[1:], buf[:3], buf[3:], buf[:, ::2], buf[:, 1::2], buf[::-1], buf[::-1, 5:],
+             buf.T, buf[2, 3:4], buf[0, :0], np.zeros(3)]
+    for a in views:
+        for b in views:
+            meet = _cpu.overlap(a, b)
+            assert bool(meet) == np.may_share_memory(a, b), (a.shape, a.strides, b.shape)
+            same_bytes = (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+                          and a.nbytes == b.nbytes and a.flags.c_contiguous
+                          and b.flags.c_contiguous)
+            if a.flags.c_contiguous and b.flags.c_contiguous and a.size and b.size:
+                assert (meet == 1) == same_bytes
+
+
+def test_empty():
+    x = np.ones((2, 3, 4), np.float32)
+    for start, stop in [(0, 3), (0, 2), (2, 3), (0, 0), (3, 3)]:
+        a = _cpu.empty(x, start, stop)
+        assert a.shape == x.shape[start:stop] and a.dtype == x.dtype and a.flags.c_contiguous
+    with pytest.raises(ValueError):
+        _cpu.empty(x, 2, 4)
