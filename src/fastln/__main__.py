@@ -12,7 +12,7 @@ import sys
 import numpy as np
 
 import fastln
-from fastln import _bench, _check, _cpu
+from fastln import _bench, _check, _cpu, _report
 
 
 def _gpu_lines():
@@ -79,20 +79,64 @@ def _positive(text):
     return value
 
 
+def _load(path):
+    """A report written by ``fastln bench --json``."""
+    with open(path) as f:
+        report = json.load(f)
+    if not isinstance(report, dict) or not isinstance(report.get("results"), list):
+        raise ValueError("not a `fastln bench --json` file (no list of results)")
+    for r in report["results"]:
+        missing = {"impl", "op", "shape", "dtype", "median_s", "gbps", "ratio_to_copy"} - set(r)
+        if missing:
+            raise ValueError(f"a result lacks {', '.join(sorted(missing))}")
+        r.setdefault("bytes", _bench.op_bytes(r["op"], r["shape"], r["dtype"]))
+    return report
+
+
 def cmd_bench(args):
-    threads = args.threads or fastln.get_num_threads()
-    missing = _bench.missing_peers()
-    print(f"fastln {fastln.__version__}, SIMD path {_cpu.simd_path()}, {threads} thread(s), "
-          f"{args.dtype}; median of many calls; 'x copy' = time / time of copying x")
-    if missing:
-        print(f"not installed, skipped: {', '.join(missing)}")
-    print(_bench.table_header())
-    results = _bench.run_bench(args.shapes, args.dtype, threads, args.repeat,
-                               log=lambda r: print(_bench.table_row(r), flush=True))
+    # With --markdown, stdout carries the table alone (`fastln bench --markdown > table.md`).
+    log = sys.stderr if args.markdown else sys.stdout
+    if args.plot:
+        try:
+            _report.require_matplotlib()
+        except ImportError as exc:
+            print(f"fastln bench: error: {exc}", file=sys.stderr)
+            return 1
+    if args.from_json:
+        try:
+            report = _load(args.from_json)
+            print(_report.table_header(), file=log)
+            for r in report["results"]:
+                print(_report.table_row(r), file=log)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"fastln bench: error: cannot read {args.from_json}: {exc}", file=sys.stderr)
+            return 1
+    else:
+        dtype = args.dtype or "float32"
+        threads = args.threads or fastln.get_num_threads()
+        missing = _bench.missing_peers()
+        print(f"fastln {fastln.__version__}, SIMD path {_cpu.simd_path()}, {threads} thread(s), "
+              f"{dtype}; median of many calls; 'x copy' = time / time of copying x", file=log)
+        if missing:
+            print(f"not installed, skipped: {', '.join(missing)}", file=log)
+        busy = _bench.busy_cpus()
+        if busy is not None and busy > _bench.BUSY_WARNING:
+            print(f"warning: {_report.busy_note(busy)}", file=log)
+        print(_report.table_header(), file=log)
+        report = _bench.bench_report(args.shapes, dtype, threads, args.repeat,
+                                     log=lambda r: print(_report.table_row(r), file=log,
+                                                         flush=True), busy=busy)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": _bench.machine_info(), "results": results}, f, indent=1)
-        print(f"wrote {args.json}")
+            json.dump(report, f, indent=1)
+        print(f"wrote {args.json}", file=log)
+    if args.plot:
+        _report.plot(report, args.plot)
+        print(f"wrote {args.plot}", file=log)
+    if args.markdown:
+        print(_report.markdown(report))
+    else:
+        print("\nsummary\n" + _report.summary_text(report["results"]))
     return 0
 
 
@@ -108,14 +152,25 @@ def parser():
     s.set_defaults(func=cmd_check)
 
     s = sub.add_parser("bench", help="time fastln beside a copy, NumPy, PyTorch and ONNX Runtime")
-    s.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    s.add_argument("--dtype", choices=["float32", "float64"], default=None,
+                   help="data type (default float32); the copy floor copies the same bytes")
     s.add_argument("--shapes", type=_shapes, default=None,
-                   help="comma-separated shapes, normalized over the last dim, e.g. 8192x768,1x768")
+                   help="comma-separated shapes, normalized over the last dim, e.g. 8192x768,1x768 "
+                        "(default: 1x768 up to 65536x1024)")
     s.add_argument("--repeat", type=_positive, default=None,
-                   help="timed samples per measurement (default: as many as fit in ~0.15 s)")
+                   help="timed samples per implementation and shape (default: as many as fit in "
+                        f"~{_bench.BUDGET_S} s, at least {_bench.MIN_SAMPLES})")
     s.add_argument("--threads", type=_positive, default=None,
-                   help="threads for fastln and its peers (default: fastln's current count)")
+                   help="threads for fastln, PyTorch, ONNX Runtime and the copy (default: "
+                        "fastln's current count)")
     s.add_argument("--json", metavar="FILE", help="also write the results and machine info here")
+    s.add_argument("--plot", metavar="FILE.png",
+                   help="also draw GB/s against bytes moved (needs matplotlib)")
+    s.add_argument("--markdown", action="store_true",
+                   help="print the summary as a GitHub markdown table (the timing table goes "
+                        "to stderr)")
+    s.add_argument("--from-json", metavar="FILE",
+                   help="report the results in FILE (from --json) instead of measuring")
     s.set_defaults(func=cmd_bench)
     return p
 
@@ -123,7 +178,13 @@ def parser():
 def main(argv=None):
     """Run the command line; return its exit code."""
     try:
-        args = parser().parse_args(argv)
+        p = parser()
+        args = p.parse_args(argv)
+        if args.command == "bench" and args.from_json:
+            given = [f"--{k}" for k in ("dtype", "shapes", "repeat", "threads")
+                     if getattr(args, k) is not None]
+            if given:
+                p.error(f"--from-json reports a saved run: {', '.join(given)} cannot be changed")
     except SystemExit as exc:  # --help, or a usage error argparse has already printed
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     return args.func(args)
