@@ -36,7 +36,10 @@ def _check_forward_backward(x, nshape, w, b, dtype, dy=None, rng=None):
     assert y.dtype == dtype and mean.dtype == dtype and rstd.dtype == dtype
     assert y.shape == x.shape and mean.shape == mean_ref.shape == rstd.shape
     assert_close(y, y_ref, dtype)
-    assert_close(mean, mean_ref, dtype)
+    # A float32 mean is formed from float32 block sums: it is exact to ~1e-8 of the row's spread,
+    # which is how far it may move y; near zero that is more than 1e-6 of the mean itself.
+    assert_close(mean, mean_ref, dtype, scale=max(np.abs(mean_ref).max(initial=0),
+                                                  (1 / rstd_ref).max(initial=0)))
     assert_close(rstd, rstd_ref, dtype)
     np.testing.assert_array_equal(fastln.layer_norm(x, nshape, w, b), y)
 

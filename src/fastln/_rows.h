@@ -17,6 +17,12 @@
 #define restrict __restrict
 #endif
 
+#if defined(__GNUC__) || defined(__clang__)
+#define FASTLN_VECTOR_EXT 1
+#else
+#define FASTLN_VECTOR_EXT 0
+#endif
+
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
 #define FASTLN_X86_DISPATCH 1
 #else
@@ -54,22 +60,27 @@ typedef struct {
 #define FASTLN_CAT3(a, b, c) FASTLN_CAT3_(a, b, c)
 #define NAME(f) FASTLN_CAT3(f, FASTLN_PATH, FASTLN_TS)
 
-/* Each path: FASTLN_PATH, TARGET and LANES, then _rows_path.h instantiates it. */
+/* Statistics are formed in blocks of BLOCK vectors (even); the backward sums the dweight and
+ * dbias shares of GROUP_ROWS rows before adding them to its double partials. */
+#define BLOCK 8
+#define GROUP_ROWS 4
+
+/* Each path: FASTLN_PATH, TARGET and REGISTER_BYTES, then _rows_path.h instantiates it. */
 #define FASTLN_PATH baseline
 #define TARGET
-#define LANES 16
+#define REGISTER_BYTES 16
 #include "_rows_path.h"
 
 #if FASTLN_X86_DISPATCH
 #define FASTLN_PATH avx2
 #define TARGET __attribute__((target("avx2,fma")))
-#define LANES 16
+#define REGISTER_BYTES 32
 #include "_rows_path.h"
 
 #define FASTLN_PATH avx512
 #define TARGET                                                                               \
     __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,prefer-vector-width=512")))
-#define LANES 32
+#define REGISTER_BYTES 64
 #include "_rows_path.h"
 #endif /* FASTLN_X86_DISPATCH */
 

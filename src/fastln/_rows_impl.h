@@ -1,51 +1,118 @@
 /* Row kernels of fastln, written once and compiled once per (SIMD path, dtype) by _rows.h.
  *
  * The includer defines:
- *   T              element type (float or double)
- *   NAME(f)        the name of function f for this (path, dtype), e.g. f_avx2_f32
- *   TARGET         the function attribute that selects the instruction set ("" for baseline)
- *   LANES          independent accumulators per row: a multiple of the SIMD width in doubles
+ *   T               element type (float or double)
+ *   NAME(f)         the name of function f for this (path, dtype), e.g. f_avx2_f32
+ *   TARGET          the function attribute that selects the instruction set ("" for baseline)
+ *   REGISTER_BYTES  the SIMD register width of the path
+ * and _rows.h defines BLOCK (vectors per statistics block) and GROUP_ROWS.
  *
- * Each kernel handles a block of `rows` contiguous rows of width n. Nothing here knows about
- * threads: _cpu.pyx splits rows into blocks. All statistics are accumulated in double.
+ * Vectors of W = REGISTER_BYTES / sizeof(T) elements are GCC/clang vector extensions, which every
+ * path lowers to its own instructions; with another compiler a "vector" is one element and the
+ * same code runs scalar. Nothing here knows about threads: _cpu.pyx splits rows into blocks.
  *
  * Accuracy: every row is centred on a pivot taken from the input's own values (the row's first
  * element in the forward, the saved mean in the backward). The difference x - pivot is exact for
  * the rows that matter (Sterbenz), so the statistics only see the spread of the row, never its
- * offset, and rows like 3e4 + 0.01 * randn keep all their digits.
+ * offset, and rows like 3e4 + 0.01 * randn keep all their digits. Short sums are formed in T,
+ * everything that accumulates over a row or over rows in double.
  */
 
-/* Moments of one row about the pivot k: *mean = mean(x - k), *m2 = sum((x - mean(x))^2).
- * Welford's update in each of LANES lanes (lane l sees elements l, l + LANES, ...), then the lanes
- * are merged pairwise with Chan's formula, then the tail elements are added one by one.
- * The order of every operation depends only on n, never on threads. */
-static TARGET inline void NAME(row_moments)(const T *restrict x, Py_ssize_t n, double k,
-                                              double *restrict mean_out, double *restrict m2_out)
-{
-    double mean[LANES], m2[LANES];
-    const Py_ssize_t steps = n / LANES;
-    Py_ssize_t count = 0;
-    double mu = 0.0, q = 0.0;
+#if FASTLN_VECTOR_EXT
+typedef T NAME(vec) __attribute__((vector_size(REGISTER_BYTES), aligned(sizeof(T)), may_alias));
+#define W ((int)(REGISTER_BYTES / sizeof(T)))
+#else
+typedef T NAME(vec);
+#define W 1
+#endif
+#define V NAME(vec)
 
-    if (steps > 0) {
-        for (int l = 0; l < LANES; l++) {
+/* V is may_alias with the alignment of T, so these are plain unaligned vector moves. */
+static TARGET inline V NAME(load)(const T *p) { return *(const V *)p; }
+
+static TARGET inline void NAME(store)(T *p, V v) { *(V *)p = v; }
+
+static TARGET inline V NAME(splat)(T a)
+{
+    V v = {0};
+    return v + a;
+}
+
+/* Welford's update of (count, *mu, *q) with x[from:n] - pivot, one value at a time, in double. */
+static TARGET inline void NAME(welford)(const T *restrict x, Py_ssize_t from, Py_ssize_t n,
+                                        double pivot, double *restrict mu, double *restrict q)
+{
+    double m = *mu, s = *q;
+    for (Py_ssize_t i = from; i < n; i++) {
+        const double d = (double)x[i] - pivot;
+        const double delta = d - m;
+        m += delta / (double)(i + 1);
+        s += delta * (d - m);
+    }
+    *mu = m;
+    *q = s;
+}
+
+/* Moments of one row about its pivot: *mean = mean(x - pivot), *m2 = sum((x - mean(x))^2).
+ *
+ * Lane l of the W lanes sees elements l, l + W, l + 2W, ... The row is read in blocks of BLOCK
+ * vectors. A block's per-lane mean and M2 are a two-pass over values still in registers, in T;
+ * they are merged into the lane's running (count, mean, M2) in double with Chan's formula, which
+ * is Welford's update taken a block at a time. A last partial block is merged a vector at a time
+ * (Welford), the lanes pairwise (Chan), and the tail elements one by one. The order of every
+ * operation depends only on n, never on threads. */
+static TARGET inline void NAME(row_moments)(const T *restrict x, Py_ssize_t n, T pivot,
+                                            double *restrict mean_out, double *restrict m2_out)
+{
+    const Py_ssize_t nvec = n / W;
+    double mu = 0.0, q = 0.0;
+    if (nvec > 0) {
+        double mean[W], m2[W];
+        T lane_a[W], lane_b[W];
+        for (int l = 0; l < W; l++) {
             mean[l] = 0.0;
             m2[l] = 0.0;
         }
-        for (Py_ssize_t s = 0; s < steps; s++) {
-            const T *restrict p = x + s * LANES;
-            const double inv = 1.0 / (double)(s + 1);
-            for (int l = 0; l < LANES; l++) {
-                const double d = (double)p[l] - k;
+        const V pv = NAME(splat)(pivot), zero = NAME(splat)(0);
+        Py_ssize_t done = 0;                       /* vectors merged = values per lane */
+        for (; done + BLOCK <= nvec; done += BLOCK) {
+            const T *restrict p = x + done * W;
+            V s0 = zero, s1 = zero, q0 = zero, q1 = zero;
+            for (int k = 0; k < BLOCK; k += 2) {
+                s0 += NAME(load)(p + k * W) - pv;
+                s1 += NAME(load)(p + (k + 1) * W) - pv;
+            }
+            const V bm = (s0 + s1) * (T)(1.0 / BLOCK);
+            for (int k = 0; k < BLOCK; k += 2) {
+                const V e0 = (NAME(load)(p + k * W) - pv) - bm;
+                const V e1 = (NAME(load)(p + (k + 1) * W) - pv) - bm;
+                q0 += e0 * e0;
+                q1 += e1 * e1;
+            }
+            NAME(store)(lane_a, bm);
+            NAME(store)(lane_b, q0 + q1);
+            /* Chan: n = n_a + n_b, mean += delta n_b / n, M2 += M2_b + delta^2 n_a n_b / n */
+            const double na = (double)done, nb = (double)BLOCK;
+            const double wb = nb / (na + nb), wab = na * nb / (na + nb);
+            for (int l = 0; l < W; l++) {
+                const double delta = (double)lane_a[l] - mean[l];
+                mean[l] += delta * wb;
+                m2[l] += (double)lane_b[l] + delta * delta * wab;
+            }
+        }
+        for (; done < nvec; done++) {
+            NAME(store)(lane_a, NAME(load)(x + done * W) - pv);
+            const double inv = 1.0 / (double)(done + 1);
+            for (int l = 0; l < W; l++) {
+                const double d = (double)lane_a[l];
                 const double delta = d - mean[l];
                 mean[l] += delta * inv;
                 m2[l] += delta * (d - mean[l]);
             }
         }
-        /* Chan's merge of equal-sized halves: n_a = n_b, so mean = (a + b) / 2 and
-         * M2 = M2_a + M2_b + delta^2 * n_a / 2. */
-        double half_count = (double)steps;
-        for (int width = LANES / 2; width >= 1; width /= 2) {
+        /* Lanes have equal counts: mean = (a + b) / 2, M2 = M2_a + M2_b + delta^2 n_a / 2. */
+        double half_count = (double)nvec;
+        for (int width = W / 2; width >= 1; width /= 2) {
             for (int l = 0; l < width; l++) {
                 const double delta = mean[l + width] - mean[l];
                 mean[l] = 0.5 * (mean[l] + mean[l + width]);
@@ -55,13 +122,14 @@ static TARGET inline void NAME(row_moments)(const T *restrict x, Py_ssize_t n, d
         }
         mu = mean[0];
         q = m2[0];
-        count = steps * LANES;
     }
-    for (Py_ssize_t i = count; i < n; i++) {
-        const double d = (double)x[i] - k;
-        const double delta = d - mu;
-        mu += delta / (double)(i + 1);
-        q += delta * (d - mu);
+    NAME(welford)(x, nvec * W, n, (double)pivot, &mu, &q);
+    /* Short sums in float over- or underflow on rows whose spread is beyond ~2^+-50 (values near
+     * FLT_MAX, subnormal spreads): such rows, and NaN or constant ones, are redone in double. */
+    if (sizeof(T) < sizeof(double) && !(q > 0x1p-100 && q < 0x1p100)) {
+        mu = 0.0;
+        q = 0.0;
+        NAME(welford)(x, 0, n, (double)pivot, &mu, &q);
     }
     *mean_out = mu;
     *m2_out = q;
@@ -78,7 +146,7 @@ static TARGET void NAME(ln_fwd)(const T *x, const T *restrict w, const T *restri
         T *yr = y + r * n;
         const T pivot = xr[0];
         double mu, m2;
-        NAME(row_moments)(xr, n, (double)pivot, &mu, &m2);
+        NAME(row_moments)(xr, n, pivot, &mu, &m2);
         /* A finite float64 row whose spread exceeds ~1e154 overflows m2: say so with NaN
          * rather than return the bias as if the row were constant. */
         const double rs = m2 > DBL_MAX ? NAN : 1.0 / sqrt(m2 / (double)n + eps);
@@ -100,18 +168,105 @@ static TARGET void NAME(ln_fwd)(const T *x, const T *restrict w, const T *restri
         }
         /* (x - pivot) is exact; subtracting the small remainder mu rounds once. */
         const T mu_t = (T)mu, rs_t = (T)rs;
-        for (Py_ssize_t i = 0; i < n; i++) {
+        const V pv = NAME(splat)(pivot), muv = NAME(splat)(mu_t), rsv = NAME(splat)(rs_t);
+        Py_ssize_t i = 0;
+        for (; i + W <= n; i += W) {
+            const V centred = (NAME(load)(xr + i) - pv) - muv;
+            NAME(store)(yr + i, centred * (rsv * NAME(load)(w + i)) + NAME(load)(b + i));
+        }
+        for (; i < n; i++) {
             const T centred = (xr[i] - pivot) - mu_t;
             yr[i] = centred * (rs_t * w[i]) + b[i];
         }
     }
 }
 
-/* Backward over a block, fused: one sweep of reductions per row, one sweep that writes dx and
- * adds this row's share of dweight and dbias to the block's double-precision partials.
+/* The three sums the backward needs from one row, about the pivot k (the saved mean):
+ * sum(x - k), sum(g) and sum(g * (x - k)) with g = dy * w. Blocks of BLOCK vectors are summed in
+ * T, then added to per-lane double sums; lanes and tail in double. */
+static TARGET inline void NAME(row_grad_sums)(const T *restrict x, const T *restrict dy,
+                                              const T *restrict w, Py_ssize_t n, T k,
+                                              double *restrict out)
+{
+    double sd[W], sg[W], sgd[W];
+    T la[W], lb[W], lc[W];
+    for (int l = 0; l < W; l++) {
+        sd[l] = 0.0;
+        sg[l] = 0.0;
+        sgd[l] = 0.0;
+    }
+    const V kv = NAME(splat)(k), zero = NAME(splat)(0);
+    const Py_ssize_t nvec = n / W;
+    Py_ssize_t v = 0;
+    while (v < nvec) {
+        const int len = nvec - v < BLOCK ? (int)(nvec - v) : BLOCK;
+        V bd = zero, bg = zero, bgd = zero;
+        for (int s = 0; s < len; s++, v++) {
+            const V d = NAME(load)(x + v * W) - kv;
+            const V g = NAME(load)(dy + v * W) * NAME(load)(w + v * W);
+            bd += d;
+            bg += g;
+            bgd += g * d;
+        }
+        NAME(store)(la, bd);
+        NAME(store)(lb, bg);
+        NAME(store)(lc, bgd);
+        for (int l = 0; l < W; l++) {
+            sd[l] += (double)la[l];
+            sg[l] += (double)lb[l];
+            sgd[l] += (double)lc[l];
+        }
+    }
+    for (int width = W / 2; width >= 1; width /= 2)
+        for (int l = 0; l < width; l++) {
+            sd[l] += sd[l + width];
+            sg[l] += sg[l + width];
+            sgd[l] += sgd[l + width];
+        }
+    for (Py_ssize_t i = nvec * W; i < n; i++) {
+        const double d = (double)(x[i] - k), g = (double)dy[i] * (double)w[i];
+        sd[0] += d;
+        sg[0] += g;
+        sgd[0] += g * d;
+    }
+    out[0] = sd[0];
+    out[1] = sg[0];
+    out[2] = sgd[0];
+}
+
+/* One row of the backward entirely in double, for rows the T sweep cannot take: float32 rows
+ * with values near FLT_MAX or an rstd beyond 2^+-60, where products and sums of T would over- or
+ * underflow. Adds the row's dweight and dbias shares straight to the double partials. */
+static TARGET void NAME(bwd_row_exact)(const T *restrict dy, const T *restrict x, double k,
+                                       double rs, const T *restrict w, T *restrict dx,
+                                       double *restrict dw_part, double *restrict db_part,
+                                       Py_ssize_t n)
+{
+    double sd = 0.0, sg = 0.0, sgd = 0.0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const double d = (double)x[i] - k, g = (double)dy[i] * (double)w[i];
+        sd += d;
+        sg += g;
+        sgd += g * d;
+    }
+    const double shift = sd / (double)n, mg = sg / (double)n;
+    const double c = rs * (sgd - shift * sg) / (double)n;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const double dyi = (double)dy[i];
+        const double xhat = (((double)x[i] - k) - shift) * rs;
+        dx[i] = (T)(rs * ((dyi * (double)w[i] - mg) - xhat * c));
+        dw_part[i] += dyi * xhat;
+        db_part[i] += dyi;
+    }
+}
+
+/* Backward over a block, fused: one sweep of reductions per row, then one sweep over a group of
+ * GROUP_ROWS rows that writes their dx and adds their share of dweight and dbias to the block's
+ * double partials (summed over the group in T first, so the partials are read and written once
+ * per group of rows, not once per row).
  *
  *   xhat = (x - mean) * rstd,  g = dy * w,
- *   dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),
+ *   dx = rstd * (g - mean(g)) - xhat * (rstd * mean(g * xhat)),
  *   dw_part += dy * xhat,  db_part += dy.
  *
  * The saved mean is only the pivot: the first sweep also measures mean(x - pivot), so a mean that
@@ -127,54 +282,68 @@ static TARGET void NAME(ln_bwd)(const T *restrict dy, const T *restrict x,
         db_part[i] = 0.0;
     }
     const double inv_n = 1.0 / (double)n;
-    for (Py_ssize_t r = 0; r < rows; r++) {
-        const T *restrict xr = x + r * n;
-        const T *restrict dyr = dy + r * n;
-        T *restrict dxr = dx + r * n;
-        const double k = (double)mean[r], rs = (double)rstd[r];
-
-        double sd[LANES], sg[LANES], sgd[LANES];
-        for (int l = 0; l < LANES; l++) {
-            sd[l] = 0.0;
-            sg[l] = 0.0;
-            sgd[l] = 0.0;
+    T la[W], lb[W];
+    for (Py_ssize_t r0 = 0; r0 < rows; r0 += GROUP_ROWS) {
+        const int nr = rows - r0 < GROUP_ROWS ? (int)(rows - r0) : GROUP_ROWS;
+        T pivot[GROUP_ROWS], shift[GROUP_ROWS], rs[GROUP_ROWS], mg[GROUP_ROWS], c[GROUP_ROWS];
+        int exact[GROUP_ROWS], any_exact = 0;
+        for (int r = 0; r < nr; r++) {
+            const Py_ssize_t off = (r0 + r) * n;
+            double sums[3];
+            pivot[r] = mean[r0 + r];
+            rs[r] = rstd[r0 + r];
+            const double rsd = (double)rs[r];
+            NAME(row_grad_sums)(x + off, dy + off, w, n, pivot[r], sums);
+            exact[r] = sizeof(T) < sizeof(double) &&
+                       !(rsd > 0x1p-60 && rsd < 0x1p60 && fabs(sums[2]) < 0x1p100);
+            any_exact |= exact[r];
+            const double sh = sums[0] * inv_n;                 /* true mean - pivot */
+            shift[r] = (T)sh;
+            mg[r] = (T)(sums[1] * inv_n);
+            c[r] = (T)(rsd * rsd * (sums[2] - sh * sums[1]) * inv_n);
         }
-        const Py_ssize_t body = n - n % LANES;
-        for (Py_ssize_t s = 0; s < body; s += LANES) {
-            for (int l = 0; l < LANES; l++) {
-                const double d = (double)xr[s + l] - k;
-                const double g = (double)dyr[s + l] * (double)w[s + l];
-                sd[l] += d;
-                sg[l] += g;
-                sgd[l] += g * d;
+        Py_ssize_t j = 0;
+        for (; j + W <= n; j += W) {
+            const V wv = NAME(load)(w + j);
+            V dwa = NAME(splat)(0), dba = NAME(splat)(0);
+            for (int r = 0; r < nr; r++) {
+                if (exact[r])
+                    continue;
+                const Py_ssize_t off = (r0 + r) * n + j;
+                const V dyv = NAME(load)(dy + off);
+                const V xhat = ((NAME(load)(x + off) - pivot[r]) - shift[r]) * rs[r];
+                NAME(store)(dx + off, rs[r] * (dyv * wv - mg[r]) - xhat * c[r]);
+                dwa += dyv * xhat;
+                dba += dyv;
+            }
+            NAME(store)(la, dwa);
+            NAME(store)(lb, dba);
+            for (int l = 0; l < W; l++) {
+                dw_part[j + l] += (double)la[l];
+                db_part[j + l] += (double)lb[l];
             }
         }
-        for (int width = LANES / 2; width >= 1; width /= 2) {
-            for (int l = 0; l < width; l++) {
-                sd[l] += sd[l + width];
-                sg[l] += sg[l + width];
-                sgd[l] += sgd[l + width];
+        for (; j < n; j++) {
+            T dwa = 0, dba = 0;
+            for (int r = 0; r < nr; r++) {
+                if (exact[r])
+                    continue;
+                const Py_ssize_t off = (r0 + r) * n + j;
+                const T dyv = dy[off];
+                const T xhat = ((x[off] - pivot[r]) - shift[r]) * rs[r];
+                dx[off] = rs[r] * (dyv * w[j] - mg[r]) - xhat * c[r];
+                dwa += dyv * xhat;
+                dba += dyv;
             }
+            dw_part[j] += (double)dwa;
+            db_part[j] += (double)dba;
         }
-        double sum_d = sd[0], sum_g = sg[0], sum_gd = sgd[0];
-        for (Py_ssize_t i = body; i < n; i++) {
-            const double d = (double)xr[i] - k;
-            const double g = (double)dyr[i] * (double)w[i];
-            sum_d += d;
-            sum_g += g;
-            sum_gd += g * d;
-        }
-
-        const double shift = sum_d * inv_n;              /* true mean - pivot */
-        const double mean_g = sum_g * inv_n;
-        const double mean_gxhat = rs * (sum_gd - shift * sum_g) * inv_n;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            const double dyi = (double)dyr[i];
-            const double xhat = (((double)xr[i] - k) - shift) * rs;
-            dxr[i] = (T)(rs * ((dyi * (double)w[i] - mean_g) - xhat * mean_gxhat));
-            dw_part[i] += dyi * xhat;
-            db_part[i] += dyi;
-        }
+        for (int r = 0; any_exact && r < nr; r++)
+            if (exact[r]) {
+                const Py_ssize_t off = (r0 + r) * n;
+                NAME(bwd_row_exact)(dy + off, x + off, (double)pivot[r], (double)rs[r], w,
+                                    dx + off, dw_part, db_part, n);
+            }
     }
 }
 
@@ -191,3 +360,6 @@ static TARGET void NAME(sum_blocks)(double *restrict parts, Py_ssize_t nblocks, 
     for (Py_ssize_t i = 0; i < n; i++)
         out[i] = (T)parts[i];
 }
+
+#undef V
+#undef W

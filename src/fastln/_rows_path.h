@@ -1,5 +1,5 @@
 /* Instantiates _rows_impl.h for float and for double on the path that the includer
- * (_rows.h) describes with FASTLN_PATH, TARGET and LANES, then forgets that path. */
+ * (_rows.h) describes with FASTLN_PATH, TARGET and REGISTER_BYTES, then forgets that path. */
 #define T float
 #define FASTLN_TS f32
 #include "_rows_impl.h"
@@ -10,6 +10,6 @@
 #include "_rows_impl.h"
 #undef T
 #undef FASTLN_TS
-#undef LANES
+#undef REGISTER_BYTES
 #undef TARGET
 #undef FASTLN_PATH
