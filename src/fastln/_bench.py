@@ -31,6 +31,7 @@ from fastln import _cpu, reference
 DEFAULT_SHAPES = [(1, 768), (8, 768), (32, 768), (512, 1024), (8192, 768), (4096, 4096),
                   (1024, 8192), (65536, 1024)]
 EPS = 1e-5
+SETTLE_S = 0.1
 # The float64 NumPy reference takes seconds above this size of x; it is left out there.
 REFERENCE_MAX_BYTES = 32 * 2**20
 # Other work keeping this many CPUs busy makes threaded timings unreliable: a thread that
@@ -273,6 +274,7 @@ def run_bench(shapes=None, dtype="float32", threads=None, repeat=None, budget=BU
     torch = peer("torch")
     ort_ok = peer("onnxruntime") is not None and peer("onnx") is not None
     previous_torch_threads = torch.get_num_threads() if torch is not None else None
+    previous_threads = _cpu.requested_num_threads()
     fastln.set_num_threads(threads)
     if torch is not None:
         torch.set_num_threads(threads)
@@ -283,6 +285,9 @@ def run_bench(shapes=None, dtype="float32", threads=None, repeat=None, budget=BU
             with ExitStack() as stack:
                 for impl, op, fn in _implementations(shape, dtype, threads, torch, ort_ok,
                                                      stack):
+                    # Let the previous runtime's spinning workers (OpenMP, ONNX Runtime's
+                    # pool) go to sleep first: on 2 cores they would steal this one's time.
+                    time.sleep(SETTLE_S)
                     seconds = measure(fn, budget=budget, repeat=repeat)
                     best[impl, op] = min(seconds, best.get((impl, op), math.inf))
             copy_s = best["copy", "copy"]
@@ -296,7 +301,7 @@ def run_bench(shapes=None, dtype="float32", threads=None, repeat=None, budget=BU
                 if log is not None:
                     log(result)
     finally:
-        fastln.set_num_threads(None)
+        fastln.set_num_threads(previous_threads)
         if torch is not None:
             torch.set_num_threads(previous_torch_threads)
     return results
