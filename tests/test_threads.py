@@ -74,3 +74,25 @@ def test_explicit_count_beats_threadpoolctl(threads):
     threads(2)
     with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
         assert fastln.get_num_threads() == 2
+
+
+@pytest.fixture
+def parallel_always():
+    """Run even tiny calls in parallel, so their thread split is exercised too."""
+    previous = _cpu.min_parallel_elements(0)
+    yield
+    _cpu.min_parallel_elements(previous)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 5), (3, 17), (64, 768), (9, 4097)])
+def test_small_shapes_split_over_threads_give_the_same_bits(rng, threads, parallel_always, shape,
+                                                            dtype):
+    x = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal(shape[1]).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    threads(1)
+    want = _run_all(x, shape[1], w, w, dy)
+    threads(2)
+    for g, e in zip(_run_all(x, shape[1], w, w, dy), want):
+        np.testing.assert_array_equal(g, e)

@@ -84,6 +84,16 @@ def get_num_threads():
     return _num_threads()
 
 
+def min_parallel_elements(n=None):
+    """Return the size (elements) below which a call runs on one thread; set it when `n` is
+    given. For measuring that threshold and for tests; returns the previous value."""
+    global MIN_PARALLEL_ELEMS
+    previous = MIN_PARALLEL_ELEMS
+    if n is not None:
+        MIN_PARALLEL_ELEMS = n
+    return previous
+
+
 def requested_num_threads():
     """The count given to `set_num_threads`, or None when OpenMP's default applies."""
     return _requested_threads if _requested_threads > 0 else None
