@@ -17,7 +17,9 @@
 #define restrict __restrict
 #endif
 
-#if defined(__GNUC__) || defined(__clang__)
+/* GCC/clang vector extensions; elsewhere (or with -DFASTLN_NO_VECTOR_EXT, to test it) the
+ * kernels' vectors are single elements. */
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(FASTLN_NO_VECTOR_EXT)
 #define FASTLN_VECTOR_EXT 1
 #else
 #define FASTLN_VECTOR_EXT 0

@@ -38,6 +38,53 @@ static TARGET inline V NAME(splat)(T a)
     return v + a;
 }
 
+/* Per-lane double accumulators are updated a half vector at a time, each half converted as one
+ * vector (HALF of T to WIDE of double): written as a loop over lanes, GCC converts one by one. */
+#if FASTLN_VECTOR_EXT
+typedef T NAME(half) __attribute__((vector_size(REGISTER_BYTES / 2), aligned(sizeof(T))));
+typedef double NAME(wide) __attribute__((vector_size(REGISTER_BYTES / 2 * sizeof(double) /
+                                                     sizeof(T)),
+                                         aligned(sizeof(double)), may_alias));
+#define HALF NAME(half)
+#define WIDE NAME(wide)
+#endif
+
+/* acc[0:W] += v, in double. */
+static TARGET inline void NAME(accumulate)(double *restrict acc, V v)
+{
+#if FASTLN_VECTOR_EXT
+    HALF halves[2];
+    memcpy(halves, &v, sizeof v);
+    WIDE *dst = (WIDE *)acc;
+    dst[0] += __builtin_convertvector(halves[0], WIDE);
+    dst[1] += __builtin_convertvector(halves[1], WIDE);
+#else
+    acc[0] += (double)v;
+#endif
+}
+
+/* Chan's merge of a block (per-lane mean bm and M2 q) into the lanes' running mean and m2:
+ * mean += delta * wb, m2 += q + delta^2 * wab, delta = bm - mean, all in double. */
+static TARGET inline void NAME(chan_merge)(double *restrict mean, double *restrict m2, V bm,
+                                           V q, double wb, double wab)
+{
+#if FASTLN_VECTOR_EXT
+    HALF hb[2], hq[2];
+    memcpy(hb, &bm, sizeof bm);
+    memcpy(hq, &q, sizeof q);
+    WIDE *mu = (WIDE *)mean, *s = (WIDE *)m2;
+    for (int h = 0; h < 2; h++) {
+        const WIDE delta = __builtin_convertvector(hb[h], WIDE) - mu[h];
+        mu[h] += delta * wb;
+        s[h] += __builtin_convertvector(hq[h], WIDE) + delta * delta * wab;
+    }
+#else
+    const double delta = (double)bm - mean[0];
+    mean[0] += delta * wb;
+    m2[0] += (double)q + delta * delta * wab;
+#endif
+}
+
 /* Welford's update of (count, *mu, *q) with x[from:n] - pivot, one value at a time, in double. */
 static TARGET inline void NAME(welford)(const T *restrict x, Py_ssize_t from, Py_ssize_t n,
                                         double pivot, double *restrict mu, double *restrict q)
@@ -68,7 +115,7 @@ static TARGET inline void NAME(row_moments)(const T *restrict x, Py_ssize_t n, T
     double mu = 0.0, q = 0.0;
     if (nvec > 0) {
         double mean[W], m2[W];
-        T lane_a[W], lane_b[W];
+        T lane_a[W];
         for (int l = 0; l < W; l++) {
             mean[l] = 0.0;
             m2[l] = 0.0;
@@ -89,16 +136,9 @@ static TARGET inline void NAME(row_moments)(const T *restrict x, Py_ssize_t n, T
                 q0 += e0 * e0;
                 q1 += e1 * e1;
             }
-            NAME(store)(lane_a, bm);
-            NAME(store)(lane_b, q0 + q1);
             /* Chan: n = n_a + n_b, mean += delta n_b / n, M2 += M2_b + delta^2 n_a n_b / n */
             const double na = (double)done, nb = (double)BLOCK;
-            const double wb = nb / (na + nb), wab = na * nb / (na + nb);
-            for (int l = 0; l < W; l++) {
-                const double delta = (double)lane_a[l] - mean[l];
-                mean[l] += delta * wb;
-                m2[l] += (double)lane_b[l] + delta * delta * wab;
-            }
+            NAME(chan_merge)(mean, m2, bm, q0 + q1, nb / (na + nb), na * nb / (na + nb));
         }
         for (; done < nvec; done++) {
             NAME(store)(lane_a, NAME(load)(x + done * W) - pv);
@@ -189,7 +229,6 @@ static TARGET inline void NAME(row_grad_sums)(const T *restrict x, const T *rest
                                               double *restrict out)
 {
     double sd[W], sg[W], sgd[W];
-    T la[W], lb[W], lc[W];
     for (int l = 0; l < W; l++) {
         sd[l] = 0.0;
         sg[l] = 0.0;
@@ -208,14 +247,9 @@ static TARGET inline void NAME(row_grad_sums)(const T *restrict x, const T *rest
             bg += g;
             bgd += g * d;
         }
-        NAME(store)(la, bd);
-        NAME(store)(lb, bg);
-        NAME(store)(lc, bgd);
-        for (int l = 0; l < W; l++) {
-            sd[l] += (double)la[l];
-            sg[l] += (double)lb[l];
-            sgd[l] += (double)lc[l];
-        }
+        NAME(accumulate)(sd, bd);
+        NAME(accumulate)(sg, bg);
+        NAME(accumulate)(sgd, bgd);
     }
     for (int width = W / 2; width >= 1; width /= 2)
         for (int l = 0; l < width; l++) {
@@ -282,7 +316,6 @@ static TARGET void NAME(ln_bwd)(const T *restrict dy, const T *restrict x,
         db_part[i] = 0.0;
     }
     const double inv_n = 1.0 / (double)n;
-    T la[W], lb[W];
     for (Py_ssize_t r0 = 0; r0 < rows; r0 += GROUP_ROWS) {
         const int nr = rows - r0 < GROUP_ROWS ? (int)(rows - r0) : GROUP_ROWS;
         T pivot[GROUP_ROWS], shift[GROUP_ROWS], rs[GROUP_ROWS], mg[GROUP_ROWS], c[GROUP_ROWS];
@@ -316,12 +349,8 @@ static TARGET void NAME(ln_bwd)(const T *restrict dy, const T *restrict x,
                 dwa += dyv * xhat;
                 dba += dyv;
             }
-            NAME(store)(la, dwa);
-            NAME(store)(lb, dba);
-            for (int l = 0; l < W; l++) {
-                dw_part[j + l] += (double)la[l];
-                db_part[j + l] += (double)lb[l];
-            }
+            NAME(accumulate)(dw_part + j, dwa);
+            NAME(accumulate)(db_part + j, dba);
         }
         for (; j < n; j++) {
             T dwa = 0, dba = 0;
@@ -363,3 +392,5 @@ static TARGET void NAME(sum_blocks)(double *restrict parts, Py_ssize_t nblocks, 
 
 #undef V
 #undef W
+#undef HALF
+#undef WIDE
