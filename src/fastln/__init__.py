@@ -16,7 +16,7 @@ except ImportError as exc:  # pragma: no cover - only on a broken install
     ) from exc
 
 from fastln import reference
-from fastln._ops import layer_norm, layer_norm_backward, layer_norm_forward
+from fastln._ops import layer_norm, layer_norm_backward, layer_norm_forward, set_output_pool
 from fastln._threads import get_num_threads, set_num_threads
 from fastln.modules import LayerNorm
 
@@ -28,5 +28,6 @@ __all__ = [
     "layer_norm_forward",
     "reference",
     "set_num_threads",
+    "set_output_pool",
     "__version__",
 ]

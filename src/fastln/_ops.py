@@ -8,13 +8,14 @@ ndarrays out) follow NumPy.
 import math
 import numbers
 import operator
+import sys
 from functools import lru_cache
 
 import numpy as np
 
 from fastln import _cpu
 
-__all__ = ["layer_norm", "layer_norm_forward", "layer_norm_backward"]
+__all__ = ["layer_norm", "layer_norm_forward", "layer_norm_backward", "set_output_pool"]
 
 _SUPPORTED = (np.dtype(np.float32), np.dtype(np.float64))
 _F32, _F64 = _SUPPORTED
@@ -186,6 +187,62 @@ def _plain_param(a, nshape, dtype, default):
     return None
 
 
+# Outputs of 32 MiB and more. glibc serves such sizes with a fresh mmap and unmaps them on free,
+# so every call would pay for the kernel zeroing new pages (about one more write of the output).
+# Like ONNX Runtime's arena, fastln keeps a couple of such outputs once the caller has dropped
+# them and hands them out again; `set_output_pool` bounds or disables what it keeps.
+_POOL_MIN_BYTES = 32 << 20
+_POOL_PER_SHAPE = 2                 # a loop `y = f(x)` holds the old y while making the new one
+_pool_max_bytes = 1 << 30
+_pool = {}                          # (shape, dtype) -> arrays that results were made in
+
+
+def _fresh(x):
+    """An uninitialized array of x's shape and dtype, reused from the pool when one is free."""
+    nbytes = x.nbytes
+    if nbytes < _POOL_MIN_BYTES or nbytes * _POOL_PER_SHAPE > _pool_max_bytes:
+        return _cpu.empty(x, 0, x.ndim)
+    spares = _pool.setdefault((x.shape, x.dtype), [])
+    for a in spares:
+        if sys.getrefcount(a) == 3:   # held by `spares`, by `a` and by this call only
+            return a
+    a = np.empty(x.shape, x.dtype)
+    if len(spares) < _POOL_PER_SHAPE and _pooled_bytes() + nbytes <= _pool_max_bytes:
+        spares.append(a)
+    return a
+
+
+def _pooled_bytes():
+    return sum(a.nbytes for spares in _pool.values() for a in spares)
+
+
+def set_output_pool(max_bytes):
+    """Bound the memory fastln keeps for reusing large outputs (32 MiB and more).
+
+    A new result of that size is made in an array fastln made before, once the caller holds no
+    reference to it (nor to any view of it), which saves the operating system's zeroing of
+    fresh pages. ``set_output_pool(0)`` turns this off and frees what is kept.
+
+    Parameters
+    ----------
+    max_bytes : int
+        Most bytes kept (default 1 GiB).
+
+    Examples
+    --------
+    >>> import fastln
+    >>> fastln.set_output_pool(0)
+    >>> fastln.set_output_pool(1 << 30)
+    """
+    global _pool_max_bytes
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, numbers.Integral):
+        raise TypeError(f"max_bytes must be an int, got {max_bytes!r}")
+    if max_bytes < 0:
+        raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+    _pool_max_bytes = int(max_bytes)
+    _pool.clear()
+
+
 def _output(out, x, w, b):
     """(result, array the kernel writes, array to copy into `out` afterwards or None).
 
@@ -193,7 +250,7 @@ def _output(out, x, w, b):
     that is the very same memory as x works in place; any other overlap with them is refused.
     """
     if out is None:
-        result = _cpu.empty(x, 0, x.ndim)
+        result = _fresh(x)
         return result, result, None
     if isinstance(out, np.ndarray) and _cpu.can_write(out, x, w, b):
         return out, out, None                # the usual case, recognised in one call
@@ -363,7 +420,7 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None):
         w = _param("weight", weight, nshape, x.dtype, 1)
         dy, x, mean, rstd = (_kernel_ready(a) for a in (dy, x, mean, rstd))
     ndim, lead = x.ndim, x.ndim - len(nshape)
-    dx = _cpu.empty(x, 0, ndim)
+    dx = _fresh(x)
     dweight = None if weight is None else _cpu.empty(x, lead, ndim)
     dbias = _cpu.empty(x, lead, ndim)
     _cpu.layer_norm_backward_nd(dy, x, mean, rstd, w, dx, dweight, dbias)

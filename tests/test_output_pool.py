@@ -1,0 +1,87 @@
+"""Large outputs are made in arrays fastln made before, but only once nobody holds them."""
+
+import numpy as np
+import pytest
+
+import fastln
+from fastln import _ops
+
+BIG = (2048, 4096)          # float32: 32 MiB, the smallest pooled size
+
+
+@pytest.fixture
+def pool():
+    fastln.set_output_pool(1 << 30)
+    yield
+    fastln.set_output_pool(1 << 30)
+
+
+def _address(a):
+    return a.__array_interface__["data"][0]
+
+
+def _x(seed):
+    return np.random.default_rng(seed).standard_normal(BIG, dtype=np.float32)
+
+
+def test_dropped_result_is_reused_and_right(pool):
+    x1, x2 = _x(1), _x(2)
+    y1 = fastln.layer_norm(x1, BIG[1])
+    first = _address(y1)
+    del y1
+    y2 = fastln.layer_norm(x2, BIG[1])
+    spares = _ops._pool[BIG, np.dtype(np.float32)]
+    assert len(spares) == 1 and spares[0] is y2          # made in y1's array, not a new one
+    assert _address(y2) == first
+    fastln.set_output_pool(0)                           # a fresh array for the comparison
+    np.testing.assert_array_equal(y2, fastln.layer_norm(x2, BIG[1]))
+
+
+def test_held_result_or_view_is_never_reused(pool):
+    x1, x2 = _x(3), _x(4)
+    y1 = fastln.layer_norm(x1, BIG[1])
+    keep = y1.copy()
+    y2 = fastln.layer_norm(x2, BIG[1])
+    assert _address(y2) != _address(y1)
+    np.testing.assert_array_equal(y1, keep)
+    view = y1[:5]
+    del y1
+    y3 = fastln.layer_norm(x1, BIG[1])                # y2 is held too: a third array
+    assert _address(y3) not in (_address(view), _address(y2))
+    np.testing.assert_array_equal(view, keep[:5])
+
+
+def test_backward_dx_is_pooled_too(pool):
+    x = _x(5)
+    _, mean, rstd = fastln.layer_norm_forward(x, BIG[1])
+    dx = fastln.layer_norm_backward(x, x, mean, rstd)[0]
+    first = _address(dx)
+    want = dx.copy()
+    spares = _ops._pool[BIG, np.dtype(np.float32)]
+    kept = len(spares)                   # the forward's y (still held as `_`) and dx
+    del dx
+    dx = fastln.layer_norm_backward(x, x, mean, rstd)[0]
+    assert len(spares) == kept and any(a is dx for a in spares)
+    assert _address(dx) == first
+    np.testing.assert_array_equal(dx, want)
+
+
+def test_small_outputs_are_not_kept(pool):
+    fastln.layer_norm(np.ones((4, 8), np.float32), 8)
+    assert _ops._pooled_bytes() == 0
+
+
+def test_zero_turns_it_off_and_frees(pool):
+    fastln.layer_norm(_x(6), BIG[1])
+    assert _ops._pooled_bytes() > 0
+    fastln.set_output_pool(0)
+    assert _ops._pooled_bytes() == 0
+    fastln.layer_norm(_x(6), BIG[1])
+    assert _ops._pooled_bytes() == 0
+
+
+@pytest.mark.parametrize("value, exc", [(-1, ValueError), (1.5, TypeError), (None, TypeError),
+                                        (True, TypeError)])
+def test_bad_limit(value, exc):
+    with pytest.raises(exc, match="max_bytes"):
+        fastln.set_output_pool(value)
