@@ -74,13 +74,19 @@ def _slow_variants(x, nshape, w, b):
         yield "x a list", x.tolist(), nshape, w, b, 1e-5
 
 
+def _data(rng, shape, nshape, dtype, affine):
+    """x, the weight's shape, and a weight (None unless `affine`)."""
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    wshape = (nshape,) if isinstance(nshape, int) else nshape
+    w = rng.standard_normal(wshape).astype(dtype) if affine else None
+    return x, wshape, w
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("affine", [False, True])
 @pytest.mark.parametrize("shape, nshape", CASES)
 def test_forward_paths_agree(rng, general_calls, shape, nshape, dtype, affine):
-    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
-    wshape = (nshape,) if isinstance(nshape, int) else nshape
-    w = rng.standard_normal(wshape).astype(dtype) if affine else None
+    x, wshape, w = _data(rng, shape, nshape, dtype, affine)
     b = rng.standard_normal(wshape).astype(dtype) if affine else None
 
     y, mean, rstd = fastln.layer_norm_forward(x, nshape, w, b)
@@ -123,9 +129,7 @@ def test_in_place_and_awkward_out(rng, general_calls, dtype):
 @pytest.mark.parametrize("affine", [False, True])
 @pytest.mark.parametrize("shape, nshape", CASES)
 def test_backward_paths_agree(rng, general_calls, shape, nshape, dtype, affine):
-    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
-    wshape = (nshape,) if isinstance(nshape, int) else nshape
-    w = rng.standard_normal(wshape).astype(dtype) if affine else None
+    x, wshape, w = _data(rng, shape, nshape, dtype, affine)
     dy = rng.standard_normal(shape).astype(dtype)
     _, mean, rstd = fastln.layer_norm_forward(x, nshape, w)
     base = general_calls[0]

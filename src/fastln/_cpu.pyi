@@ -38,25 +38,6 @@ def layer_norm_backward(
     dw: npt.NDArray[np.floating] | None,
     db: npt.NDArray[np.floating],
 ) -> None: ...
-def layer_norm_forward_nd(
-    x: npt.NDArray[np.floating],
-    w: npt.NDArray[np.floating],
-    b: npt.NDArray[np.floating],
-    y: npt.NDArray[np.floating],
-    mean: npt.NDArray[np.floating] | None,
-    rstd: npt.NDArray[np.floating] | None,
-    eps: float,
-) -> None: ...
-def layer_norm_backward_nd(
-    dy: npt.NDArray[np.floating],
-    x: npt.NDArray[np.floating],
-    mean: npt.NDArray[np.floating],
-    rstd: npt.NDArray[np.floating],
-    w: npt.NDArray[np.floating],
-    dx: npt.NDArray[np.floating],
-    dw: npt.NDArray[np.floating] | None,
-    db: npt.NDArray[np.floating],
-) -> None: ...
 def plain(*arrays: object) -> bool: ...
 def overlap(a: npt.NDArray[np.generic], b: npt.NDArray[np.generic]) -> int: ...
 def can_write(

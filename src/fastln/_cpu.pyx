@@ -203,9 +203,11 @@ def layer_norm_forward(cnp.ndarray x, cnp.ndarray w, cnp.ndarray b, cnp.ndarray 
                        object mean, object rstd, double eps):
     """y[:] = layer norm of the rows of x; mean[:] and rstd[:] too unless they are None.
 
-    x, y: (rows, n); w, b: (n,); mean, rstd: (rows,) or None; all C-contiguous, one dtype.
+    A row is w.size consecutive elements. x, y: (*, *w.shape); w, b: n = w.size >= 1 elements;
+    mean, rstd: (*) or None; all C-contiguous, one dtype. Any shapes with those sizes work, so
+    callers never need a reshaped view.
     """
-    cdef Py_ssize_t rows = cnp.PyArray_DIM(x, 0), n = cnp.PyArray_DIM(x, 1)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(w), rows = cnp.PyArray_SIZE(x) // n
     cdef bint f64 = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT64
     cdef char *xp = _data(x)                      # IN
     cdef char *wp = _data(w)                      # IN
@@ -258,11 +260,12 @@ def layer_norm_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean, cnp.nda
                         cnp.ndarray w, cnp.ndarray dx, object dw, cnp.ndarray db):
     """dx[:], dw[:] (unless None) and db[:] of layer norm, in one fused sweep per block.
 
-    dy, x, dx: (rows, n); mean, rstd: (rows,); w, dw, db: (n,); C-contiguous, one dtype.
+    A row is w.size consecutive elements. dy, x, dx: (*, *w.shape); mean, rstd: (*); w, dw, db:
+    n = w.size >= 1 elements; C-contiguous, one dtype.
     Blocks depend on (rows, n) only and their partials are summed in block order, so the result
     is the same for any number of threads.
     """
-    cdef Py_ssize_t rows = cnp.PyArray_DIM(x, 0), n = cnp.PyArray_DIM(x, 1)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(w), rows = cnp.PyArray_SIZE(x) // n
     cdef bint f64 = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT64
     cdef char *dyp = _data(dy)                    # IN
     cdef char *xp = _data(x)                      # IN
@@ -303,54 +306,10 @@ def layer_norm_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean, cnp.nda
 
 
 # ---------------------------------------------------------------------------------------------
-# for the fast path of fastln._ops: arrays of any leading shape, and memory layout in C
+# for the fast path of fastln._ops: memory layout and allocation in C
 #
 # On a row or a few the kernel takes well under a microsecond, while NumPy's reshape, .flags and
 # __array_interface__ cost 0.1 to 1.4 us each from Python; these do the same work in C.
-
-cdef object _as_rows(cnp.ndarray a, Py_ssize_t n):
-    """C-contiguous `a` as (rows, n): itself when it already has that shape, else a view."""
-    cdef cnp.npy_intp dims[2]
-    cdef cnp.PyArray_Dims shape
-    if cnp.PyArray_NDIM(a) == 2 and cnp.PyArray_DIM(a, 1) == n:
-        return a
-    dims[0] = cnp.PyArray_SIZE(a) // n
-    dims[1] = n
-    shape.ptr = dims
-    shape.len = 2
-    return cnp.PyArray_Newshape(a, &shape, cnp.NPY_CORDER)
-
-
-cdef object _as_vector(object a):
-    """C-contiguous `a` (or None) as a 1-d array: itself when it already is one, else a view."""
-    if a is None or cnp.PyArray_NDIM(<cnp.ndarray>a) == 1:
-        return a
-    return cnp.PyArray_Ravel(<cnp.ndarray>a, cnp.NPY_CORDER)
-
-
-def layer_norm_forward_nd(cnp.ndarray x, cnp.ndarray w, cnp.ndarray b, cnp.ndarray y,
-                          object mean, object rstd, double eps):
-    """`layer_norm_forward` with the leading dims of x, y, mean and rstd flattened into rows.
-
-    x, y: (*, *w.shape); w, b: any shape of w.size >= 1 elements; mean, rstd: (*) or None;
-    all C-contiguous, one dtype.
-    """
-    cdef Py_ssize_t n = cnp.PyArray_SIZE(w)
-    layer_norm_forward(_as_rows(x, n), _as_vector(w), _as_vector(b), _as_rows(y, n),
-                       _as_vector(mean), _as_vector(rstd), eps)
-
-
-def layer_norm_backward_nd(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean, cnp.ndarray rstd,
-                           cnp.ndarray w, cnp.ndarray dx, object dw, cnp.ndarray db):
-    """`layer_norm_backward` with the leading dims of dy, x, dx, mean and rstd made rows.
-
-    dy, x, dx: (*, *w.shape); w, dw, db: any shape of w.size >= 1 elements; mean, rstd: (*);
-    all C-contiguous, one dtype.
-    """
-    cdef Py_ssize_t n = cnp.PyArray_SIZE(w)
-    layer_norm_backward(_as_rows(dy, n), _as_rows(x, n), _as_vector(mean), _as_vector(rstd),
-                        _as_vector(w), _as_rows(dx, n), _as_vector(dw), _as_vector(db))
-
 
 def plain(*arrays):
     """True if every argument is an ndarray the kernels can read as it is: C-contiguous, aligned."""

@@ -291,7 +291,7 @@ def _forward(x, normalized_shape, weight, bias, eps, out, with_stats):
     if with_stats:
         mean = _cpu.empty(x, 0, x.ndim - len(nshape))
         rstd = _cpu.empty(x, 0, x.ndim - len(nshape))
-    _cpu.layer_norm_forward_nd(x, w, b, target, mean, rstd, eps)
+    _cpu.layer_norm_forward(x, w, b, target, mean, rstd, eps)
     if copy_to is not None:
         copy_to[...] = target
     return y, mean, rstd
@@ -423,5 +423,5 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None):
     dx = _fresh(x)
     dweight = None if weight is None else _cpu.empty(x, lead, ndim)
     dbias = _cpu.empty(x, lead, ndim)
-    _cpu.layer_norm_backward_nd(dy, x, mean, rstd, w, dx, dweight, dbias)
+    _cpu.layer_norm_backward(dy, x, mean, rstd, w, dx, dweight, dbias)
     return dx, dweight, dbias
