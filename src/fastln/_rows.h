@@ -64,7 +64,7 @@ typedef struct {
 
 /* Statistics are formed in blocks of BLOCK vectors (even); the backward sums the dweight and
  * dbias shares of GROUP_ROWS rows before adding them to its double partials. */
-#define BLOCK 8
+#define BLOCK 16
 #define GROUP_ROWS 4
 
 /* Each path: FASTLN_PATH, TARGET and REGISTER_BYTES, then _rows_path.h instantiates it. */
