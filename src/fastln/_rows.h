@@ -80,8 +80,14 @@ typedef struct {
 #include "_rows_path.h"
 
 #define FASTLN_PATH avx512
+#if defined(__clang__)
+/* clang rejects (and then drops) the whole attribute if it names prefer-vector-width; it lowers
+ * the 64-byte vector types to zmm registers anyway. */
+#define TARGET __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")))
+#else
 #define TARGET                                                                               \
     __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,prefer-vector-width=512")))
+#endif
 #define REGISTER_BYTES 64
 #include "_rows_path.h"
 #endif /* FASTLN_X86_DISPATCH */
