@@ -273,3 +273,13 @@ def test_float64_overflowing_spread_gives_nan_not_a_number_that_looks_right():
     y = fastln.layer_norm(x, 4)
     assert np.isnan(y[0]).all()
     assert_close(y[1], reference.layer_norm(x[1], 4), np.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_large_outputs_written_with_streaming_stores(rng, dtype):
+    # 16 MiB and more is written with non-temporal stores, from every row alignment.
+    n = 1027                                            # rows start at every offset mod 64
+    x = rng.standard_normal(((16 << 20) // (n * np.dtype(dtype).itemsize) + 3, n)).astype(dtype)
+    y = fastln.layer_norm(x, n)
+    for r in (0, 1, 2, 3, 5, x.shape[0] - 1):
+        assert_close(y[r], reference.layer_norm(precise(x[r]), n), dtype)

@@ -20,9 +20,10 @@ cnp.import_array()
 
 cdef extern from "_rows.h" nogil:
     ctypedef void (*fwd_f32_t)(const float *, const float *, const float *, float *, float *,
-                               float *, Py_ssize_t, Py_ssize_t, double) noexcept nogil
+                               float *, Py_ssize_t, Py_ssize_t, double, int) noexcept nogil
     ctypedef void (*fwd_f64_t)(const double *, const double *, const double *, double *,
-                               double *, double *, Py_ssize_t, Py_ssize_t, double) noexcept nogil
+                               double *, double *, Py_ssize_t, Py_ssize_t, double,
+                               int) noexcept nogil
     ctypedef void (*bwd_f32_t)(const float *, const float *, const float *, const float *,
                                const float *, float *, double *, double *, Py_ssize_t,
                                Py_ssize_t) noexcept nogil
@@ -66,6 +67,9 @@ cdef Py_ssize_t MIN_PARALLEL_ELEMS = 32768
 cdef Py_ssize_t BLOCK_ELEMS = 16384
 # The backward keeps one row of dweight/dbias partials per block, so it caps the block count.
 cdef Py_ssize_t MAX_BWD_BLOCKS = 64
+# Outputs this large are written with non-temporal stores: they would not stay in the cache
+# anyway, and a plain store first reads every line it writes.
+cdef Py_ssize_t STREAM_BYTES = 16 << 20
 
 cdef int _requested_threads = 0
 
@@ -182,8 +186,9 @@ cdef inline char *_data(object a):
 
 
 cdef void _fwd_rows(bint f64, char *x, char *w, char *b, char *y, char *mean, char *rstd,
-                    Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n, double eps) noexcept nogil:
-    """Forward of rows [r0, r1)."""
+                    Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n, double eps,
+                    bint stream) noexcept nogil:
+    """Forward of rows [r0, r1); `stream`: write y with non-temporal stores."""
     cdef Py_ssize_t size = 8 if f64 else 4
     cdef Py_ssize_t off = r0 * n * size
     if mean != NULL:
@@ -192,11 +197,11 @@ cdef void _fwd_rows(bint f64, char *x, char *w, char *b, char *y, char *mean, ch
     if f64:
         fastln_current.ln_fwd_f64(<double *>(x + off), <double *>w, <double *>b,
                                   <double *>(y + off), <double *>mean, <double *>rstd,
-                                  r1 - r0, n, eps)
+                                  r1 - r0, n, eps, stream)
     else:
         fastln_current.ln_fwd_f32(<float *>(x + off), <float *>w, <float *>b,
                                   <float *>(y + off), <float *>mean, <float *>rstd,
-                                  r1 - r0, n, eps)
+                                  r1 - r0, n, eps, stream)
 
 
 def layer_norm_forward(cnp.ndarray x, cnp.ndarray w, cnp.ndarray b, cnp.ndarray y,
@@ -218,14 +223,15 @@ def layer_norm_forward(cnp.ndarray x, cnp.ndarray w, cnp.ndarray b, cnp.ndarray 
     cdef Py_ssize_t block = max(1, BLOCK_ELEMS // n)
     cdef Py_ssize_t nblocks = _ceil_div(rows, block)
     cdef int nthreads = _threads_for(rows * n, nblocks)
+    cdef bint stream = rows * n * cnp.PyArray_ITEMSIZE(x) >= STREAM_BYTES
     cdef Py_ssize_t blk
     with nogil:
         if nthreads == 1:
-            _fwd_rows(f64, xp, wp, bp, yp, mp, rp, 0, rows, n, eps)
+            _fwd_rows(f64, xp, wp, bp, yp, mp, rp, 0, rows, n, eps, stream)
         else:
             for blk in prange(nblocks, num_threads=nthreads, schedule="static"):
                 _fwd_rows(f64, xp, wp, bp, yp, mp, rp, blk * block,
-                          min(rows, (blk + 1) * block), n, eps)
+                          min(rows, (blk + 1) * block), n, eps, stream)
 
 
 cdef void _bwd_block(bint f64, char *dy, char *x, char *mean, char *rstd, char *w, char *dx,

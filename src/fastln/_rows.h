@@ -11,6 +11,7 @@
 #include <Python.h>
 #include <float.h>
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #if defined(_MSC_VER) && !defined(__clang__)
@@ -27,8 +28,19 @@
 
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
 #define FASTLN_X86_DISPATCH 1
+#include <immintrin.h>
 #else
 #define FASTLN_X86_DISPATCH 0
+#endif
+
+/* Non-temporal stores write a large output straight to memory, without first reading each of its
+ * cache lines (as a plain store does) or evicting the input from the cache. */
+#if FASTLN_X86_DISPATCH && FASTLN_VECTOR_EXT
+#define FASTLN_STREAM_STORES 1
+#define FASTLN_SFENCE() _mm_sfence()
+#else
+#define FASTLN_STREAM_STORES 0
+#define FASTLN_SFENCE() ((void)0)
 #endif
 
 #ifndef FASTLN_BUILD_FLAGS
@@ -36,9 +48,9 @@
 #endif
 
 typedef void (*fastln_fwd_f32)(const float *, const float *, const float *, float *, float *,
-                               float *, Py_ssize_t, Py_ssize_t, double);
+                               float *, Py_ssize_t, Py_ssize_t, double, int);
 typedef void (*fastln_fwd_f64)(const double *, const double *, const double *, double *,
-                               double *, double *, Py_ssize_t, Py_ssize_t, double);
+                               double *, double *, Py_ssize_t, Py_ssize_t, double, int);
 typedef void (*fastln_bwd_f32)(const float *, const float *, const float *, const float *,
                                const float *, float *, double *, double *, Py_ssize_t,
                                Py_ssize_t);

@@ -32,6 +32,20 @@ static TARGET inline V NAME(load)(const T *p) { return *(const V *)p; }
 
 static TARGET inline void NAME(store)(T *p, V v) { *(V *)p = v; }
 
+/* A non-temporal store of v to p, which must be aligned to REGISTER_BYTES. */
+static TARGET inline void NAME(stream)(T *p, V v)
+{
+#if FASTLN_STREAM_STORES && REGISTER_BYTES == 64
+    _mm512_stream_si512((void *)p, (__m512i)v);
+#elif FASTLN_STREAM_STORES && REGISTER_BYTES == 32
+    _mm256_stream_si256((__m256i *)p, (__m256i)v);
+#elif FASTLN_STREAM_STORES && REGISTER_BYTES == 16
+    _mm_stream_si128((__m128i *)p, (__m128i)v);
+#else
+    NAME(store)(p, v);
+#endif
+}
+
 static TARGET inline V NAME(splat)(T a)
 {
     V v = {0};
@@ -179,7 +193,7 @@ static TARGET inline void NAME(row_moments)(const T *restrict x, Py_ssize_t n, T
  * y may be x itself (in place): each row is read in full before any of it is written. */
 static TARGET void NAME(ln_fwd)(const T *x, const T *restrict w, const T *restrict b, T *y,
                                 T *restrict mean, T *restrict rstd, Py_ssize_t rows,
-                                Py_ssize_t n, double eps)
+                                Py_ssize_t n, double eps, int stream)
 {
     for (Py_ssize_t r = 0; r < rows; r++) {
         const T *xr = x + r * n;
@@ -210,15 +224,25 @@ static TARGET void NAME(ln_fwd)(const T *x, const T *restrict w, const T *restri
         const T mu_t = (T)mu, rs_t = (T)rs;
         const V pv = NAME(splat)(pivot), muv = NAME(splat)(mu_t), rsv = NAME(splat)(rs_t);
         Py_ssize_t i = 0;
+        /* Streaming stores need aligned addresses: the row's first elements are stored plainly. */
+        const Py_ssize_t head = stream ? (Py_ssize_t)(((REGISTER_BYTES - (uintptr_t)yr %
+                                                        REGISTER_BYTES) % REGISTER_BYTES) /
+                                                      sizeof(T)) : 0;
+        for (; i < head && i < n; i++)
+            yr[i] = ((xr[i] - pivot) - mu_t) * (rs_t * w[i]) + b[i];
         for (; i + W <= n; i += W) {
             const V centred = (NAME(load)(xr + i) - pv) - muv;
-            NAME(store)(yr + i, centred * (rsv * NAME(load)(w + i)) + NAME(load)(b + i));
+            const V out = centred * (rsv * NAME(load)(w + i)) + NAME(load)(b + i);
+            if (stream)
+                NAME(stream)(yr + i, out);
+            else
+                NAME(store)(yr + i, out);
         }
-        for (; i < n; i++) {
-            const T centred = (xr[i] - pivot) - mu_t;
-            yr[i] = centred * (rs_t * w[i]) + b[i];
-        }
+        for (; i < n; i++)
+            yr[i] = ((xr[i] - pivot) - mu_t) * (rs_t * w[i]) + b[i];
     }
+    if (stream)
+        FASTLN_SFENCE();
 }
 
 /* The three sums the backward needs from one row, about the pivot k (the saved mean):
