@@ -283,3 +283,18 @@ def test_large_outputs_written_with_streaming_stores(rng, dtype):
     y = fastln.layer_norm(x, n)
     for r in (0, 1, 2, 3, 5, x.shape[0] - 1):
         assert_close(y[r], reference.layer_norm(precise(x[r]), n), dtype)
+
+
+@pytest.mark.parametrize("n", [1024, 1027])
+def test_large_backward_written_with_streaming_stores(rng, n):
+    # dx of 16 MiB and more is streamed when a row is a whole number of vectors (n = 1024).
+    x = rng.standard_normal(((16 << 20) // (4 * n) + 5, n)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    _, mean, rstd = fastln.layer_norm_forward(x, n)
+    dx, _, db = fastln.layer_norm_backward(dy, x, mean, rstd)
+    _, mean_ref, rstd_ref = reference.layer_norm_forward(x, n)
+    for r in (0, 1, 2, x.shape[0] - 1):
+        want = reference.layer_norm_backward(dy[r:r + 1], x[r:r + 1], mean_ref[r:r + 1],
+                                             rstd_ref[r:r + 1])[0]
+        assert_close(dx[r:r + 1], want, np.float32)
+    assert_close(db, dy.astype(np.float64).sum(axis=0), np.float32)

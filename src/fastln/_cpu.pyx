@@ -26,10 +26,10 @@ cdef extern from "_rows.h" nogil:
                                int) noexcept nogil
     ctypedef void (*bwd_f32_t)(const float *, const float *, const float *, const float *,
                                const float *, float *, double *, double *, Py_ssize_t,
-                               Py_ssize_t) noexcept nogil
+                               Py_ssize_t, int) noexcept nogil
     ctypedef void (*bwd_f64_t)(const double *, const double *, const double *, const double *,
                                const double *, double *, double *, double *, Py_ssize_t,
-                               Py_ssize_t) noexcept nogil
+                               Py_ssize_t, int) noexcept nogil
     ctypedef void (*sum_f32_t)(double *, Py_ssize_t, Py_ssize_t, float *) noexcept nogil
     ctypedef void (*sum_f64_t)(double *, Py_ssize_t, Py_ssize_t, double *) noexcept nogil
     ctypedef struct fastln_kernels:
@@ -236,7 +236,7 @@ def layer_norm_forward(cnp.ndarray x, cnp.ndarray w, cnp.ndarray b, cnp.ndarray 
 
 cdef void _bwd_block(bint f64, char *dy, char *x, char *mean, char *rstd, char *w, char *dx,
                      double *parts, Py_ssize_t blk, Py_ssize_t nblocks, Py_ssize_t block,
-                     Py_ssize_t rows, Py_ssize_t n) noexcept nogil:
+                     Py_ssize_t rows, Py_ssize_t n, bint stream) noexcept nogil:
     """Backward of block `blk`: its dx rows, and its dweight/dbias partials in `parts`."""
     cdef Py_ssize_t size = 8 if f64 else 4
     cdef Py_ssize_t r0 = blk * block
@@ -247,11 +247,13 @@ cdef void _bwd_block(bint f64, char *dy, char *x, char *mean, char *rstd, char *
     if f64:
         fastln_current.ln_bwd_f64(<double *>(dy + off), <double *>(x + off),
                                   <double *>(mean + r0 * size), <double *>(rstd + r0 * size),
-                                  <double *>w, <double *>(dx + off), dw_part, db_part, nr, n)
+                                  <double *>w, <double *>(dx + off), dw_part, db_part, nr, n,
+                                  stream)
     else:
         fastln_current.ln_bwd_f32(<float *>(dy + off), <float *>(x + off),
                                   <float *>(mean + r0 * size), <float *>(rstd + r0 * size),
-                                  <float *>w, <float *>(dx + off), dw_part, db_part, nr, n)
+                                  <float *>w, <float *>(dx + off), dw_part, db_part, nr, n,
+                                  stream)
 
 
 cdef void _sum_blocks(bint f64, double *parts, Py_ssize_t nblocks, Py_ssize_t n,
@@ -286,6 +288,7 @@ def layer_norm_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean, cnp.nda
     cdef int nthreads = _threads_for(rows * n, nblocks)
     cdef Py_ssize_t blk
     cdef double *parts
+    cdef bint stream = rows * n * cnp.PyArray_ITEMSIZE(x) >= STREAM_BYTES
     if rows == 0:
         memset(dbp, 0, n * cnp.PyArray_ITEMSIZE(db))
         if dwp != NULL:
@@ -299,11 +302,11 @@ def layer_norm_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean, cnp.nda
             if nthreads == 1:
                 for blk in range(nblocks):
                     _bwd_block(f64, dyp, xp, mp, rp, wp, dxp, parts, blk, nblocks, block,
-                               rows, n)
+                               rows, n, stream)
             else:
                 for blk in prange(nblocks, num_threads=nthreads, schedule="static"):
                     _bwd_block(f64, dyp, xp, mp, rp, wp, dxp, parts, blk, nblocks, block,
-                               rows, n)
+                               rows, n, stream)
             if dwp != NULL:
                 _sum_blocks(f64, parts, nblocks, n, dwp)
             _sum_blocks(f64, parts + nblocks * n, nblocks, n, dbp)

@@ -53,10 +53,10 @@ typedef void (*fastln_fwd_f64)(const double *, const double *, const double *, d
                                double *, double *, Py_ssize_t, Py_ssize_t, double, int);
 typedef void (*fastln_bwd_f32)(const float *, const float *, const float *, const float *,
                                const float *, float *, double *, double *, Py_ssize_t,
-                               Py_ssize_t);
+                               Py_ssize_t, int);
 typedef void (*fastln_bwd_f64)(const double *, const double *, const double *, const double *,
                                const double *, double *, double *, double *, Py_ssize_t,
-                               Py_ssize_t);
+                               Py_ssize_t, int);
 typedef void (*fastln_sum_f32)(double *, Py_ssize_t, Py_ssize_t, float *);
 typedef void (*fastln_sum_f64)(double *, Py_ssize_t, Py_ssize_t, double *);
 

@@ -333,12 +333,18 @@ static TARGET void NAME(ln_bwd)(const T *restrict dy, const T *restrict x,
                                 const T *restrict mean, const T *restrict rstd,
                                 const T *restrict w, T *restrict dx,
                                 double *restrict dw_part, double *restrict db_part,
-                                Py_ssize_t rows, Py_ssize_t n)
+                                Py_ssize_t rows, Py_ssize_t n, int stream)
 {
     for (Py_ssize_t i = 0; i < n; i++) {
         dw_part[i] = 0.0;
         db_part[i] = 0.0;
     }
+    /* Streaming stores need aligned addresses; rows share dx's alignment when a row's bytes are
+     * a multiple of the register's, and then `head` columns are stored plainly first. */
+    stream = stream && (n * (Py_ssize_t)sizeof(T)) % REGISTER_BYTES == 0;
+    Py_ssize_t head = stream ? (Py_ssize_t)(((REGISTER_BYTES - (uintptr_t)dx % REGISTER_BYTES) %
+                                             REGISTER_BYTES) / sizeof(T)) : 0;
+    head = head < n ? head : n;
     const double inv_n = 1.0 / (double)n;
     for (Py_ssize_t r0 = 0; r0 < rows; r0 += GROUP_ROWS) {
         const int nr = rows - r0 < GROUP_ROWS ? (int)(rows - r0) : GROUP_ROWS;
@@ -359,7 +365,7 @@ static TARGET void NAME(ln_bwd)(const T *restrict dy, const T *restrict x,
             mg[r] = (T)(sums[1] * inv_n);
             c[r] = (T)(rsd * rsd * (sums[2] - sh * sums[1]) * inv_n);
         }
-        Py_ssize_t j = 0;
+        Py_ssize_t j = head;
         for (; j + W <= n; j += W) {
             const V wv = NAME(load)(w + j);
             V dwa = NAME(splat)(0), dba = NAME(splat)(0);
@@ -369,14 +375,21 @@ static TARGET void NAME(ln_bwd)(const T *restrict dy, const T *restrict x,
                 const Py_ssize_t off = (r0 + r) * n + j;
                 const V dyv = NAME(load)(dy + off);
                 const V xhat = ((NAME(load)(x + off) - pivot[r]) - shift[r]) * rs[r];
-                NAME(store)(dx + off, rs[r] * (dyv * wv - mg[r]) - xhat * c[r]);
+                const V d = rs[r] * (dyv * wv - mg[r]) - xhat * c[r];
+                if (stream)
+                    NAME(stream)(dx + off, d);
+                else
+                    NAME(store)(dx + off, d);
                 dwa += dyv * xhat;
                 dba += dyv;
             }
             NAME(accumulate)(dw_part + j, dwa);
             NAME(accumulate)(db_part + j, dba);
         }
-        for (; j < n; j++) {
+        /* The columns before `head` and after the last whole vector, one at a time. */
+        const Py_ssize_t vec_end = j;
+        for (Py_ssize_t k = 0; k < head + (n - vec_end); k++) {
+            j = k < head ? k : vec_end + (k - head);
             T dwa = 0, dba = 0;
             for (int r = 0; r < nr; r++) {
                 if (exact[r])
@@ -398,6 +411,8 @@ static TARGET void NAME(ln_bwd)(const T *restrict dy, const T *restrict x,
                                     dx + off, dw_part, db_part, n);
             }
     }
+    if (stream)
+        FASTLN_SFENCE();
 }
 
 /* parts[0:n] += parts[b*n : (b+1)*n] for b = 1, 2, ... in that order, then out = parts[0:n]:
