@@ -65,8 +65,10 @@ cdef extern from *:
 cdef Py_ssize_t MIN_PARALLEL_ELEMS = 32768
 # Rows are split into blocks of about this many elements (at least one row each).
 cdef Py_ssize_t BLOCK_ELEMS = 16384
-# The backward keeps one row of dweight/dbias partials per block, so it caps the block count.
+# The backward keeps one row of dweight/dbias partials per block, so it uses fewer, larger
+# blocks than the forward and caps their number.
 cdef Py_ssize_t MAX_BWD_BLOCKS = 64
+cdef Py_ssize_t BWD_BLOCK_ELEMS = 65536
 # Outputs this large are written with non-temporal stores: they would not stay in the cache
 # anyway, and a plain store first reads every line it writes.
 cdef Py_ssize_t STREAM_BYTES = 16 << 20
@@ -283,7 +285,10 @@ def layer_norm_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean, cnp.nda
     cdef char *dxp = _data(dx)                    # OUT
     cdef char *dwp = _data(dw)                    # OUT, optional
     cdef char *dbp = _data(db)                    # OUT
-    cdef Py_ssize_t block = max(max(1, BLOCK_ELEMS // n), _ceil_div(rows, MAX_BWD_BLOCKS))
+    # A multiple of 8 blocks of about BWD_BLOCK_ELEMS each, at most MAX_BWD_BLOCKS: few enough
+    # that the partials stay small, evenly split over 2, 4 or 8 threads.
+    cdef Py_ssize_t want = min(MAX_BWD_BLOCKS, 8 * _ceil_div(rows * n, 8 * BWD_BLOCK_ELEMS))
+    cdef Py_ssize_t block = _ceil_div(rows, want) if rows > 0 else 1
     cdef Py_ssize_t nblocks = _ceil_div(rows, block)
     cdef int nthreads = _threads_for(rows * n, nblocks)
     cdef Py_ssize_t blk
