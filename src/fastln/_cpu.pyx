@@ -222,7 +222,9 @@ def layer_norm_forward(cnp.ndarray x, cnp.ndarray w, cnp.ndarray b, cnp.ndarray 
     cdef char *yp = _data(y)                      # OUT (may be xp)
     cdef char *mp = _data(mean)                   # OUT, optional
     cdef char *rp = _data(rstd)                   # OUT, optional
-    cdef Py_ssize_t block = max(1, BLOCK_ELEMS // n)
+    # A multiple of 8 blocks of about BLOCK_ELEMS each: even shares for 2, 4 or 8 threads.
+    cdef Py_ssize_t block = max(1, _ceil_div(rows, 8 * max(1, _ceil_div(rows * n,
+                                                                    8 * BLOCK_ELEMS))))
     cdef Py_ssize_t nblocks = _ceil_div(rows, block)
     cdef int nthreads = _threads_for(rows * n, nblocks)
     cdef bint stream = rows * n * cnp.PyArray_ITEMSIZE(x) >= STREAM_BYTES
