@@ -63,7 +63,7 @@ cdef extern from *:
 # Below this many elements a call runs on one thread: starting a parallel region costs
 # microseconds, more than normalizing a few rows.
 cdef Py_ssize_t MIN_PARALLEL_ELEMS = 32768
-# Rows are split into blocks of about this many elements (at least one row each).
+# Rows are split into a multiple of 8 blocks of about this many elements (see _block_rows).
 cdef Py_ssize_t BLOCK_ELEMS = 16384
 # The backward keeps one row of dweight/dbias partials per block, so it uses fewer, larger
 # blocks than the forward and caps their number.
@@ -121,6 +121,14 @@ cdef int _threads_for(Py_ssize_t elems, Py_ssize_t nblocks) noexcept:
 
 cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return (a + b - 1) // b
+
+
+cdef Py_ssize_t _block_rows(Py_ssize_t rows, Py_ssize_t n, Py_ssize_t elems,
+                            Py_ssize_t max_blocks) noexcept nogil:
+    """Rows per block: a multiple of 8 blocks of about `elems` elements (at most `max_blocks`),
+    so 2, 4 or 8 threads get even shares. It depends on the shape alone, never on threads."""
+    cdef Py_ssize_t want = max(1, min(max_blocks, 8 * _ceil_div(rows * n, 8 * elems)))
+    return max(1, _ceil_div(rows, want))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,9 +230,7 @@ def layer_norm_forward(cnp.ndarray x, cnp.ndarray w, cnp.ndarray b, cnp.ndarray 
     cdef char *yp = _data(y)                      # OUT (may be xp)
     cdef char *mp = _data(mean)                   # OUT, optional
     cdef char *rp = _data(rstd)                   # OUT, optional
-    # A multiple of 8 blocks of about BLOCK_ELEMS each: even shares for 2, 4 or 8 threads.
-    cdef Py_ssize_t block = max(1, _ceil_div(rows, 8 * max(1, _ceil_div(rows * n,
-                                                                    8 * BLOCK_ELEMS))))
+    cdef Py_ssize_t block = _block_rows(rows, n, BLOCK_ELEMS, max(rows, 1))
     cdef Py_ssize_t nblocks = _ceil_div(rows, block)
     cdef int nthreads = _threads_for(rows * n, nblocks)
     cdef bint stream = rows * n * cnp.PyArray_ITEMSIZE(x) >= STREAM_BYTES
@@ -287,10 +293,7 @@ def layer_norm_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean, cnp.nda
     cdef char *dxp = _data(dx)                    # OUT
     cdef char *dwp = _data(dw)                    # OUT, optional
     cdef char *dbp = _data(db)                    # OUT
-    # A multiple of 8 blocks of about BWD_BLOCK_ELEMS each, at most MAX_BWD_BLOCKS: few enough
-    # that the partials stay small, evenly split over 2, 4 or 8 threads.
-    cdef Py_ssize_t want = min(MAX_BWD_BLOCKS, 8 * _ceil_div(rows * n, 8 * BWD_BLOCK_ELEMS))
-    cdef Py_ssize_t block = _ceil_div(rows, want) if rows > 0 else 1
+    cdef Py_ssize_t block = _block_rows(rows, n, BWD_BLOCK_ELEMS, MAX_BWD_BLOCKS)
     cdef Py_ssize_t nblocks = _ceil_div(rows, block)
     cdef int nthreads = _threads_for(rows * n, nblocks)
     cdef Py_ssize_t blk

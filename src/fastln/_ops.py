@@ -83,8 +83,8 @@ def _cast_to(name, a, dtype, target):
     return arr.astype(dtype)
 
 
-def _split(x, normalized_shape):
-    """(rows, n) for x normalized over its trailing `normalized_shape` dims, which it checks."""
+def _check_shape(x, normalized_shape):
+    """Raise unless x ends in the (non-empty) `normalized_shape` dims."""
     if x.ndim == 0:
         raise ValueError("x must have at least one dimension, got a 0-d array")
     k = len(normalized_shape)
@@ -92,10 +92,8 @@ def _split(x, normalized_shape):
         expected = "(*, " + ", ".join(map(str, normalized_shape)) + ")"
         raise ValueError(f"Given normalized_shape={normalized_shape}, expected input with shape "
                          f"{expected}, but got input of shape {x.shape}")
-    n = math.prod(normalized_shape)
-    if n == 0:
+    if math.prod(normalized_shape) == 0:
         raise ValueError(f"cannot normalize over zero elements: normalized_shape={normalized_shape}")
-    return math.prod(x.shape[:x.ndim - k]), n
 
 
 def _kernel_ready(a):
@@ -281,7 +279,7 @@ def _forward(x, normalized_shape, weight, bias, eps, out, with_stats):
     else:
         x = _float_array("x", x)
         nshape = _normalized_shape(normalized_shape)
-        _split(x, nshape)
+        _check_shape(x, nshape)
         eps = _eps(eps)
         w = _param("weight", weight, nshape, x.dtype, 1)
         b = _param("bias", bias, nshape, x.dtype, 0)
@@ -416,7 +414,7 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None):
         if dy.shape != x.shape:
             raise ValueError(f"dy must have the shape of x {x.shape}, got {dy.shape}")
         nshape = x.shape[mean.ndim:]
-        _split(x, nshape)
+        _check_shape(x, nshape)
         w = _param("weight", weight, nshape, x.dtype, 1)
         dy, x, mean, rstd = (_kernel_ready(a) for a in (dy, x, mean, rstd))
     ndim, lead = x.ndim, x.ndim - len(nshape)
