@@ -66,6 +66,17 @@ typedef double NAME(wide) __attribute__((vector_size(REGISTER_BYTES / 2 * sizeof
 /* acc[0:W] += v, in double. */
 static TARGET inline void NAME(accumulate)(double *restrict acc, V v)
 {
+#if FASTLN_X86_DISPATCH && FASTLN_VECTOR_EXT && REGISTER_BYTES == 64
+    /* GCC splits the generic conversion below into four 256-bit ones and shuffles. */
+    if (sizeof(T) == sizeof(float)) {
+        const __m512 f = (__m512)v;
+        _mm512_storeu_pd(acc, _mm512_add_pd(_mm512_loadu_pd(acc),
+                                            _mm512_cvtps_pd(_mm512_castps512_ps256(f))));
+        _mm512_storeu_pd(acc + 8, _mm512_add_pd(_mm512_loadu_pd(acc + 8),
+                                                _mm512_cvtps_pd(_mm512_extractf32x8_ps(f, 1))));
+        return;
+    }
+#endif
 #if FASTLN_VECTOR_EXT
     HALF halves[2];
     memcpy(halves, &v, sizeof v);
@@ -318,6 +329,46 @@ static TARGET void NAME(bwd_row_exact)(const T *restrict dy, const T *restrict x
     }
 }
 
+/* The vector columns [from, to) of the backward's second sweep over a group of nr rows (dy, x
+ * and dx point at the group's first row): writes dx and adds the group's dweight and dbias shares
+ * to the partials. Rows flagged in `exact` (NULL: none) are skipped. */
+static TARGET inline void NAME(bwd_cols)(const T *restrict dy, const T *restrict x,
+                                         const T *restrict w, T *restrict dx,
+                                         double *restrict dw_part, double *restrict db_part,
+                                         Py_ssize_t n, Py_ssize_t from, Py_ssize_t to, int nr,
+                                         const int *exact, const T *pivot, const T *shift,
+                                         const T *rs, const T *mg, const T *c, int stream)
+{
+    V pv[GROUP_ROWS], shv[GROUP_ROWS], rsv[GROUP_ROWS], mgv[GROUP_ROWS], cv[GROUP_ROWS];
+    for (int r = 0; r < nr; r++) {
+        pv[r] = NAME(splat)(pivot[r]);
+        shv[r] = NAME(splat)(shift[r]);
+        rsv[r] = NAME(splat)(rs[r]);
+        mgv[r] = NAME(splat)(mg[r]);
+        cv[r] = NAME(splat)(c[r]);
+    }
+    for (Py_ssize_t j = from; j < to; j += W) {
+        const V wv = NAME(load)(w + j);
+        V dwa = NAME(splat)(0), dba = NAME(splat)(0);
+        for (int r = 0; r < nr; r++) {
+            if (exact != NULL && exact[r])
+                continue;
+            const Py_ssize_t off = r * n + j;
+            const V dyv = NAME(load)(dy + off);
+            const V xhat = ((NAME(load)(x + off) - pv[r]) - shv[r]) * rsv[r];
+            const V d = rsv[r] * (dyv * wv - mgv[r]) - xhat * cv[r];
+            if (stream)
+                NAME(stream)(dx + off, d);
+            else
+                NAME(store)(dx + off, d);
+            dwa += dyv * xhat;
+            dba += dyv;
+        }
+        NAME(accumulate)(dw_part + j, dwa);
+        NAME(accumulate)(db_part + j, dba);
+    }
+}
+
 /* Backward over a block, fused: one sweep of reductions per row, then one sweep over a group of
  * GROUP_ROWS rows that writes their dx and adds their share of dweight and dbias to the block's
  * double partials (summed over the group in T first, so the partials are read and written once
@@ -365,31 +416,21 @@ static TARGET void NAME(ln_bwd)(const T *restrict dy, const T *restrict x,
             mg[r] = (T)(sums[1] * inv_n);
             c[r] = (T)(rsd * rsd * (sums[2] - sh * sums[1]) * inv_n);
         }
-        Py_ssize_t j = head;
-        for (; j + W <= n; j += W) {
-            const V wv = NAME(load)(w + j);
-            V dwa = NAME(splat)(0), dba = NAME(splat)(0);
-            for (int r = 0; r < nr; r++) {
-                if (exact[r])
-                    continue;
-                const Py_ssize_t off = (r0 + r) * n + j;
-                const V dyv = NAME(load)(dy + off);
-                const V xhat = ((NAME(load)(x + off) - pivot[r]) - shift[r]) * rs[r];
-                const V d = rs[r] * (dyv * wv - mg[r]) - xhat * c[r];
-                if (stream)
-                    NAME(stream)(dx + off, d);
-                else
-                    NAME(store)(dx + off, d);
-                dwa += dyv * xhat;
-                dba += dyv;
-            }
-            NAME(accumulate)(dw_part + j, dwa);
-            NAME(accumulate)(db_part + j, dba);
-        }
+        const Py_ssize_t off0 = r0 * n, vec_end = head + (n - head) / W * W;
+        /* The common case, a whole group with no exact rows, with the row count a constant so
+         * that the per-row constants stay in registers and the row loop unrolls. */
+        if (nr == GROUP_ROWS && !any_exact && stream)
+            NAME(bwd_cols)(dy + off0, x + off0, w, dx + off0, dw_part, db_part, n, head, vec_end,
+                           GROUP_ROWS, NULL, pivot, shift, rs, mg, c, 1);
+        else if (nr == GROUP_ROWS && !any_exact)
+            NAME(bwd_cols)(dy + off0, x + off0, w, dx + off0, dw_part, db_part, n, head, vec_end,
+                           GROUP_ROWS, NULL, pivot, shift, rs, mg, c, 0);
+        else
+            NAME(bwd_cols)(dy + off0, x + off0, w, dx + off0, dw_part, db_part, n, head, vec_end,
+                           nr, exact, pivot, shift, rs, mg, c, stream);
         /* The columns before `head` and after the last whole vector, one at a time. */
-        const Py_ssize_t vec_end = j;
         for (Py_ssize_t k = 0; k < head + (n - vec_end); k++) {
-            j = k < head ? k : vec_end + (k - head);
+            const Py_ssize_t j = k < head ? k : vec_end + (k - head);
             T dwa = 0, dba = 0;
             for (int r = 0; r < nr; r++) {
                 if (exact[r])
