@@ -91,7 +91,8 @@ extension = Extension(
     "fastln._cpu",
     sources=[os.path.join(PKG, "_cpu.pyx")],
     depends=[os.path.join(PKG, name)
-             for name in ("_rows.h", "_rows_path.h", "_rows_impl.h", "_openmp.pxd")],
+             for name in ("_rows.h", "_rows_path.h", "_rows_impl.h", "_half_impl.h",
+                          "_openmp.pxd")],
     include_dirs=[numpy.get_include(), PKG],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
 )

@@ -19,24 +19,33 @@ def simd_paths() -> list[str]: ...
 def simd_path() -> str: ...
 def use_simd_path(name: str) -> str: ...
 def build_info() -> _BuildInfo: ...
-def layer_norm_forward(
-    x: npt.NDArray[np.floating],
+KINDS: dict[str, int]
+
+def norm_forward(
+    kind: int,
+    x: npt.NDArray[np.generic],
+    r: npt.NDArray[np.generic] | None,
     w: npt.NDArray[np.floating],
-    b: npt.NDArray[np.floating],
-    y: npt.NDArray[np.floating],
+    b: npt.NDArray[np.floating] | None,
+    s: npt.NDArray[np.generic] | None,
+    y: npt.NDArray[np.generic],
     mean: npt.NDArray[np.floating] | None,
     rstd: npt.NDArray[np.floating] | None,
     eps: float,
+    rms: bool,
 ) -> None: ...
-def layer_norm_backward(
-    dy: npt.NDArray[np.floating],
-    x: npt.NDArray[np.floating],
-    mean: npt.NDArray[np.floating],
+def norm_backward(
+    kind: int,
+    dy: npt.NDArray[np.generic],
+    x: npt.NDArray[np.generic],
+    mean: npt.NDArray[np.floating] | None,
     rstd: npt.NDArray[np.floating],
     w: npt.NDArray[np.floating],
-    dx: npt.NDArray[np.floating],
+    ds: npt.NDArray[np.generic] | None,
+    dx: npt.NDArray[np.generic],
     dw: npt.NDArray[np.floating] | None,
-    db: npt.NDArray[np.floating],
+    db: npt.NDArray[np.floating] | None,
+    rms: bool,
 ) -> None: ...
 def plain(*arrays: object) -> bool: ...
 def overlap(a: npt.NDArray[np.generic], b: npt.NDArray[np.generic]) -> int: ...
@@ -45,4 +54,6 @@ def can_write(
     x: npt.NDArray[np.generic],
     *inputs: npt.NDArray[np.generic],
 ) -> bool: ...
-def empty(a: npt.NDArray[np.generic], start: int, stop: int) -> npt.NDArray[np.generic]: ...
+def empty(
+    a: npt.NDArray[np.generic], start: int, stop: int, dtype: object = None
+) -> npt.NDArray[np.generic]: ...

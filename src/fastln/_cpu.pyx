@@ -10,8 +10,9 @@ import os
 import warnings
 
 cimport numpy as cnp
-from cython.parallel cimport prange
-from libc.stdlib cimport free, malloc
+from cython.parallel cimport prange, threadid
+from libc.stdint cimport uint16_t
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 
 from fastln._openmp cimport FASTLN_OPENMP, omp_get_max_threads
@@ -19,32 +20,41 @@ from fastln._openmp cimport FASTLN_OPENMP, omp_get_max_threads
 cnp.import_array()
 
 cdef extern from "_rows.h" nogil:
-    ctypedef void (*fwd_f32_t)(const float *, const float *, const float *, float *, float *,
-                               float *, Py_ssize_t, Py_ssize_t, double, int) noexcept nogil
-    ctypedef void (*fwd_f64_t)(const double *, const double *, const double *, double *,
-                               double *, double *, Py_ssize_t, Py_ssize_t, double,
-                               int) noexcept nogil
+    ctypedef void (*fwd_f32_t)(const float *, const float *, const float *, const float *,
+                               float *, float *, float *, float *, Py_ssize_t, Py_ssize_t,
+                               double, int) noexcept nogil
+    ctypedef void (*fwd_f64_t)(const double *, const double *, const double *, const double *,
+                               double *, double *, double *, double *, Py_ssize_t, Py_ssize_t,
+                               double, int) noexcept nogil
     ctypedef void (*bwd_f32_t)(const float *, const float *, const float *, const float *,
-                               const float *, float *, double *, double *, Py_ssize_t,
-                               Py_ssize_t, int) noexcept nogil
+                               const float *, const float *, float *, double *, double *,
+                               Py_ssize_t, Py_ssize_t, int) noexcept nogil
     ctypedef void (*bwd_f64_t)(const double *, const double *, const double *, const double *,
-                               const double *, double *, double *, double *, Py_ssize_t,
-                               Py_ssize_t, int) noexcept nogil
+                               const double *, const double *, double *, double *, double *,
+                               Py_ssize_t, Py_ssize_t, int) noexcept nogil
     ctypedef void (*sum_f32_t)(double *, Py_ssize_t, Py_ssize_t, float *) noexcept nogil
     ctypedef void (*sum_f64_t)(double *, Py_ssize_t, Py_ssize_t, double *) noexcept nogil
+    ctypedef void (*widen_t)(const uint16_t *, float *, Py_ssize_t) noexcept nogil
+    ctypedef void (*narrow_t)(const float *, uint16_t *, Py_ssize_t) noexcept nogil
     ctypedef struct fastln_kernels:
         const char *name
-        fwd_f32_t ln_fwd_f32
-        fwd_f64_t ln_fwd_f64
-        bwd_f32_t ln_bwd_f32
-        bwd_f64_t ln_bwd_f64
+        fwd_f32_t norm_fwd_f32
+        fwd_f64_t norm_fwd_f64
+        bwd_f32_t norm_bwd_f32
+        bwd_f64_t norm_bwd_f64
         sum_f32_t sum_blocks_f32
         sum_f64_t sum_blocks_f64
+        widen_t f16_to_f32
+        narrow_t f32_to_f16
+        widen_t bf16_to_f32
+        narrow_t f32_to_bf16
     const fastln_kernels fastln_paths[]
     int FASTLN_NPATHS
     int fastln_path_supported(int i)
     const fastln_kernels *fastln_current
     const char *FASTLN_BUILD_FLAGS
+    int FASTLN_STREAM
+    int FASTLN_RMS
 
 cdef extern from *:
     """
@@ -195,133 +205,287 @@ cdef inline char *_data(object a):
     return NULL if a is None else <char *>cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
-cdef void _fwd_rows(bint f64, char *x, char *w, char *b, char *y, char *mean, char *rstd,
-                    Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n, double eps,
-                    bint stream) noexcept nogil:
-    """Forward of rows [r0, r1); `stream`: write y with non-temporal stores."""
-    cdef Py_ssize_t size = 8 if f64 else 4
-    cdef Py_ssize_t off = r0 * n * size
-    if mean != NULL:
-        mean = mean + r0 * size
-        rstd = rstd + r0 * size
-    if f64:
-        fastln_current.ln_fwd_f64(<double *>(x + off), <double *>w, <double *>b,
-                                  <double *>(y + off), <double *>mean, <double *>rstd,
-                                  r1 - r0, n, eps, stream)
+# The data kinds the kernels take (fastln._ops passes one). float16 and bfloat16 rows are
+# widened a chunk at a time into float32 scratch, run through the float32 kernels and narrowed
+# back; their weight, bias, statistics and weight gradients are float32.
+cdef enum:
+    KIND_F32 = 0
+    KIND_F64 = 1
+    KIND_F16 = 2
+    KIND_BF16 = 3
+KINDS = {"float32": KIND_F32, "float64": KIND_F64, "float16": KIND_F16, "bfloat16": KIND_BF16}
+# Elements per chunk of 16-bit rows (whole rows, at least one): a few scratch arrays of this
+# size stay in the core's L1/L2 cache.
+cdef Py_ssize_t HALF_CHUNK_ELEMS = 4096
+
+
+cdef inline Py_ssize_t _itemsize(int kind) noexcept nogil:
+    return 8 if kind == KIND_F64 else 4 if kind == KIND_F32 else 2
+
+
+cdef inline Py_ssize_t _half_chunk(Py_ssize_t n) noexcept nogil:
+    return max(1, HALF_CHUNK_ELEMS // n)
+
+
+cdef inline void _widen(int kind, char *src, float *dst, Py_ssize_t count) noexcept nogil:
+    if kind == KIND_F16:
+        fastln_current.f16_to_f32(<uint16_t *>src, dst, count)
     else:
-        fastln_current.ln_fwd_f32(<float *>(x + off), <float *>w, <float *>b,
-                                  <float *>(y + off), <float *>mean, <float *>rstd,
-                                  r1 - r0, n, eps, stream)
+        fastln_current.bf16_to_f32(<uint16_t *>src, dst, count)
 
 
-def layer_norm_forward(cnp.ndarray x, cnp.ndarray w, cnp.ndarray b, cnp.ndarray y,
-                       object mean, object rstd, double eps):
-    """y[:] = layer norm of the rows of x; mean[:] and rstd[:] too unless they are None.
+cdef inline void _narrow(int kind, float *src, char *dst, Py_ssize_t count) noexcept nogil:
+    if kind == KIND_F16:
+        fastln_current.f32_to_f16(src, <uint16_t *>dst, count)
+    else:
+        fastln_current.f32_to_bf16(src, <uint16_t *>dst, count)
 
-    A row is w.size consecutive elements. x, y: (*, *w.shape); w, b: n = w.size >= 1 elements;
-    mean, rstd: (*) or None; all C-contiguous, one dtype. Any shapes with those sizes work, so
-    callers never need a reshaped view.
+
+cdef inline char *_at(char *p, Py_ssize_t offset) noexcept nogil:
+    return NULL if p == NULL else p + offset
+
+
+cdef struct FwdArgs:
+    int kind
+    int flags
+    char *x
+    char *r
+    char *w
+    char *b
+    char *s
+    char *y
+    char *mean
+    char *rstd
+    Py_ssize_t n
+    double eps
+
+
+cdef void _fwd_rows(const FwdArgs *a, Py_ssize_t r0, Py_ssize_t r1, float *scratch) noexcept nogil:
+    """Forward of rows [r0, r1). 16-bit rows go through `scratch` (2 chunks of float32)."""
+    cdef Py_ssize_t n = a.n, size = _itemsize(a.kind)
+    cdef Py_ssize_t off = r0 * n * size, stat = r0 * (8 if a.kind == KIND_F64 else 4)
+    cdef Py_ssize_t c0, c1, count, i
+    cdef float *u
+    cdef float *v
+    if a.kind == KIND_F64:
+        fastln_current.norm_fwd_f64(<double *>(a.x + off), <double *>_at(a.r, off),
+                                    <double *>a.w, <double *>a.b, <double *>_at(a.s, off),
+                                    <double *>(a.y + off), <double *>_at(a.mean, stat),
+                                    <double *>_at(a.rstd, stat), r1 - r0, n, a.eps, a.flags)
+        return
+    if a.kind == KIND_F32:
+        fastln_current.norm_fwd_f32(<float *>(a.x + off), <float *>_at(a.r, off),
+                                    <float *>a.w, <float *>a.b, <float *>_at(a.s, off),
+                                    <float *>(a.y + off), <float *>_at(a.mean, stat),
+                                    <float *>_at(a.rstd, stat), r1 - r0, n, a.eps, a.flags)
+        return
+    # 16-bit: widen, (add, round the sum to 16 bits and widen it again), normalize, narrow.
+    u = scratch
+    v = scratch + _half_chunk(n) * n
+    c0 = r0
+    while c0 < r1:
+        c1 = min(r1, c0 + _half_chunk(n))
+        count = (c1 - c0) * n
+        off = c0 * n * size
+        stat = c0 * 4
+        _widen(a.kind, a.x + off, u, count)
+        if a.r != NULL:
+            _widen(a.kind, a.r + off, v, count)
+            for i in range(count):
+                u[i] = u[i] + v[i]
+            _narrow(a.kind, u, a.s + off, count)
+            _widen(a.kind, a.s + off, u, count)
+        fastln_current.norm_fwd_f32(u, NULL, <float *>a.w, <float *>a.b, NULL, u,
+                                    <float *>_at(a.mean, stat), <float *>_at(a.rstd, stat),
+                                    c1 - c0, n, a.eps, a.flags & ~FASTLN_STREAM)
+        _narrow(a.kind, u, a.y + off, count)
+        c0 = c1
+
+
+cdef float *_scratch(int kind, Py_ssize_t n, int arrays, int nthreads) except? NULL:
+    """`arrays` chunks of float32 scratch per thread for 16-bit data; NULL for other kinds."""
+    cdef size_t nbytes
+    if kind == KIND_F32 or kind == KIND_F64:
+        return NULL
+    nbytes = <size_t>nthreads * arrays * _half_chunk(n) * n * sizeof(float)
+    cdef float *p = <float *>malloc(nbytes)
+    if p == NULL:
+        raise MemoryError(f"cannot allocate {nbytes} bytes of scratch")
+    return p
+
+
+def norm_forward(int kind, cnp.ndarray x, object r, cnp.ndarray w, object b, object s,
+                 cnp.ndarray y, object mean, object rstd, double eps, bint rms):
+    """y[:] = layer norm (RMS norm if `rms`) of the rows of x, or of s = x + r when r is given,
+    writing s[:] too; mean[:] (LayerNorm) and rstd[:] too unless they are None.
+
+    A row is w.size consecutive elements. x, r, s, y: (*, *w.shape) of the data kind; w, b:
+    n = w.size >= 1 elements (b None for RMSNorm); mean, rstd: (*) or None; w, b, mean and rstd
+    float32 for 16-bit data, else of the data's dtype; all C-contiguous. Any shapes with those
+    sizes work, so callers never need a reshaped view.
     """
+    cdef FwdArgs a
     cdef Py_ssize_t n = cnp.PyArray_SIZE(w), rows = cnp.PyArray_SIZE(x) // n
-    cdef bint f64 = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT64
-    cdef char *xp = _data(x)                      # IN
-    cdef char *wp = _data(w)                      # IN
-    cdef char *bp = _data(b)                      # IN
-    cdef char *yp = _data(y)                      # OUT (may be xp)
-    cdef char *mp = _data(mean)                   # OUT, optional
-    cdef char *rp = _data(rstd)                   # OUT, optional
+    a.kind = kind
+    a.n = n
+    a.eps = eps
+    a.x = _data(x)                         # IN
+    a.r = _data(r)                         # IN, optional
+    a.w = _data(w)                         # IN
+    a.b = _data(b)                         # IN (LayerNorm)
+    a.s = _data(s)                         # OUT with r (may be x or r)
+    a.y = _data(y)                         # OUT (may be x or r)
+    a.mean = _data(mean)                   # OUT, optional
+    a.rstd = _data(rstd)                   # OUT, optional
+    a.flags = FASTLN_RMS if rms else 0
+    if rows * n * _itemsize(kind) >= STREAM_BYTES:
+        a.flags |= FASTLN_STREAM
     cdef Py_ssize_t block = _block_rows(rows, n, BLOCK_ELEMS, max(rows, 1))
     cdef Py_ssize_t nblocks = _ceil_div(rows, block)
     cdef int nthreads = _threads_for(rows * n, nblocks)
-    cdef bint stream = rows * n * cnp.PyArray_ITEMSIZE(x) >= STREAM_BYTES
-    cdef Py_ssize_t blk
-    with nogil:
-        if nthreads == 1:
-            _fwd_rows(f64, xp, wp, bp, yp, mp, rp, 0, rows, n, eps, stream)
-        else:
-            for blk in prange(nblocks, num_threads=nthreads, schedule="static"):
-                _fwd_rows(f64, xp, wp, bp, yp, mp, rp, blk * block,
-                          min(rows, (blk + 1) * block), n, eps, stream)
+    cdef float *scratch = _scratch(kind, n, 2, nthreads)
+    cdef Py_ssize_t per_thread = 2 * _half_chunk(n) * n, blk
+    try:
+        with nogil:
+            if nthreads == 1:
+                _fwd_rows(&a, 0, rows, scratch)
+            else:
+                for blk in prange(nblocks, num_threads=nthreads, schedule="static"):
+                    _fwd_rows(&a, blk * block, min(rows, (blk + 1) * block),
+                              <float *>_at(<char *>scratch, threadid() * per_thread * 4))
+    finally:
+        free(scratch)
 
 
-cdef void _bwd_block(bint f64, char *dy, char *x, char *mean, char *rstd, char *w, char *dx,
-                     double *parts, Py_ssize_t blk, Py_ssize_t nblocks, Py_ssize_t block,
-                     Py_ssize_t rows, Py_ssize_t n, bint stream) noexcept nogil:
-    """Backward of block `blk`: its dx rows, and its dweight/dbias partials in `parts`."""
-    cdef Py_ssize_t size = 8 if f64 else 4
-    cdef Py_ssize_t r0 = blk * block
-    cdef Py_ssize_t nr = min(rows, r0 + block) - r0
-    cdef Py_ssize_t off = r0 * n * size
-    cdef double *dw_part = parts + blk * n
-    cdef double *db_part = parts + (nblocks + blk) * n
-    if f64:
-        fastln_current.ln_bwd_f64(<double *>(dy + off), <double *>(x + off),
-                                  <double *>(mean + r0 * size), <double *>(rstd + r0 * size),
-                                  <double *>w, <double *>(dx + off), dw_part, db_part, nr, n,
-                                  stream)
-    else:
-        fastln_current.ln_bwd_f32(<float *>(dy + off), <float *>(x + off),
-                                  <float *>(mean + r0 * size), <float *>(rstd + r0 * size),
-                                  <float *>w, <float *>(dx + off), dw_part, db_part, nr, n,
-                                  stream)
+cdef struct BwdArgs:
+    int kind
+    int flags
+    char *dy
+    char *x
+    char *mean
+    char *rstd
+    char *w
+    char *ds
+    char *dx
+    double *parts
+    Py_ssize_t n
+    Py_ssize_t rows
+    Py_ssize_t block
+    Py_ssize_t nblocks
 
 
-cdef void _sum_blocks(bint f64, double *parts, Py_ssize_t nblocks, Py_ssize_t n,
+cdef void _bwd_block(const BwdArgs *a, Py_ssize_t blk, float *scratch) noexcept nogil:
+    """Backward of block `blk`: its dx rows, and its dweight/dbias partials in `parts`.
+    16-bit rows go through `scratch` (4 chunks of float32)."""
+    cdef Py_ssize_t n = a.n, size = _itemsize(a.kind)
+    cdef Py_ssize_t r0 = blk * a.block
+    cdef Py_ssize_t r1 = min(a.rows, r0 + a.block)
+    cdef Py_ssize_t off = r0 * n * size, stat = r0 * (8 if a.kind == KIND_F64 else 4)
+    cdef double *dw_part = a.parts + blk * n
+    cdef double *db_part = a.parts + (a.nblocks + blk) * n
+    cdef Py_ssize_t c0, c1, count, chunk
+    if a.kind == KIND_F64:
+        fastln_current.norm_bwd_f64(<double *>(a.dy + off), <double *>(a.x + off),
+                                    <double *>_at(a.mean, stat), <double *>(a.rstd + stat),
+                                    <double *>a.w, <double *>_at(a.ds, off),
+                                    <double *>(a.dx + off), dw_part, db_part, r1 - r0, n,
+                                    a.flags)
+        return
+    if a.kind == KIND_F32:
+        fastln_current.norm_bwd_f32(<float *>(a.dy + off), <float *>(a.x + off),
+                                    <float *>_at(a.mean, stat), <float *>(a.rstd + stat),
+                                    <float *>a.w, <float *>_at(a.ds, off),
+                                    <float *>(a.dx + off), dw_part, db_part, r1 - r0, n,
+                                    a.flags)
+        return
+    chunk = _half_chunk(n) * n
+    c0 = r0
+    while c0 < r1:
+        c1 = min(r1, c0 + _half_chunk(n))
+        count = (c1 - c0) * n
+        off = c0 * n * size
+        stat = c0 * 4
+        _widen(a.kind, a.dy + off, scratch, count)
+        _widen(a.kind, a.x + off, scratch + chunk, count)
+        if a.ds != NULL:
+            _widen(a.kind, a.ds + off, scratch + 2 * chunk, count)
+        fastln_current.norm_bwd_f32(scratch, scratch + chunk, <float *>_at(a.mean, stat),
+                                    <float *>(a.rstd + stat), <float *>a.w,
+                                    NULL if a.ds == NULL else scratch + 2 * chunk,
+                                    scratch + 3 * chunk, dw_part, db_part, c1 - c0, n,
+                                    a.flags & ~FASTLN_STREAM)
+        _narrow(a.kind, scratch + 3 * chunk, a.dx + off, count)
+        c0 = c1
+
+
+cdef void _sum_blocks(int kind, double *parts, Py_ssize_t nblocks, Py_ssize_t n,
                       char *out) noexcept nogil:
-    if f64:
+    if kind == KIND_F64:
         fastln_current.sum_blocks_f64(parts, nblocks, n, <double *>out)
     else:
         fastln_current.sum_blocks_f32(parts, nblocks, n, <float *>out)
 
 
-def layer_norm_backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray mean, cnp.ndarray rstd,
-                        cnp.ndarray w, cnp.ndarray dx, object dw, cnp.ndarray db):
-    """dx[:], dw[:] (unless None) and db[:] of layer norm, in one fused sweep per block.
+def norm_backward(int kind, cnp.ndarray dy, cnp.ndarray x, object mean, cnp.ndarray rstd,
+                  cnp.ndarray w, object ds, cnp.ndarray dx, object dw, object db, bint rms):
+    """dx[:], dw[:] and db[:] (each unless None) of layer norm (RMS norm if `rms`), in one fused
+    sweep per block; dx also gets `ds` added (the fused add's incoming gradient) when given.
 
-    A row is w.size consecutive elements. dy, x, dx: (*, *w.shape); mean, rstd: (*); w, dw, db:
-    n = w.size >= 1 elements; C-contiguous, one dtype.
+    A row is w.size consecutive elements. dy, x, ds, dx: (*, *w.shape) of the data kind;
+    mean (LayerNorm; None for RMSNorm), rstd: (*); w, dw, db: n = w.size >= 1 elements; w, mean,
+    rstd, dw and db are float32 for 16-bit data, else of the data's dtype; all C-contiguous.
     Blocks depend on (rows, n) only and their partials are summed in block order, so the result
     is the same for any number of threads.
     """
+    cdef BwdArgs a
     cdef Py_ssize_t n = cnp.PyArray_SIZE(w), rows = cnp.PyArray_SIZE(x) // n
-    cdef bint f64 = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT64
-    cdef char *dyp = _data(dy)                    # IN
-    cdef char *xp = _data(x)                      # IN
-    cdef char *mp = _data(mean)                   # IN
-    cdef char *rp = _data(rstd)                   # IN
-    cdef char *wp = _data(w)                      # IN
-    cdef char *dxp = _data(dx)                    # OUT
     cdef char *dwp = _data(dw)                    # OUT, optional
-    cdef char *dbp = _data(db)                    # OUT
-    cdef Py_ssize_t block = _block_rows(rows, n, BWD_BLOCK_ELEMS, MAX_BWD_BLOCKS)
-    cdef Py_ssize_t nblocks = _ceil_div(rows, block)
-    cdef int nthreads = _threads_for(rows * n, nblocks)
-    cdef Py_ssize_t blk
-    cdef double *parts
-    cdef bint stream = rows * n * cnp.PyArray_ITEMSIZE(x) >= STREAM_BYTES
+    cdef char *dbp = _data(db)                    # OUT, optional
+    cdef Py_ssize_t stat_size = 8 if kind == KIND_F64 else 4
+    a.kind = kind
+    a.n = n
+    a.rows = rows
+    a.dy = _data(dy)                              # IN
+    a.x = _data(x)                                # IN
+    a.mean = _data(mean)                          # IN (LayerNorm)
+    a.rstd = _data(rstd)                          # IN
+    a.w = _data(w)                                # IN
+    a.ds = _data(ds)                              # IN, optional
+    a.dx = _data(dx)                              # OUT
+    a.flags = FASTLN_RMS if rms else 0
+    if rows * n * _itemsize(kind) >= STREAM_BYTES:
+        a.flags |= FASTLN_STREAM
+    a.block = _block_rows(rows, n, BWD_BLOCK_ELEMS, MAX_BWD_BLOCKS)
+    a.nblocks = _ceil_div(rows, a.block)
+    cdef int nthreads = _threads_for(rows * n, a.nblocks)
+    cdef Py_ssize_t blk, per_thread = 4 * _half_chunk(n) * n
+    cdef float *scratch = NULL
     if rows == 0:
-        memset(dbp, 0, n * cnp.PyArray_ITEMSIZE(db))
         if dwp != NULL:
-            memset(dwp, 0, n * cnp.PyArray_ITEMSIZE(db))
+            memset(dwp, 0, n * stat_size)
+        if dbp != NULL:
+            memset(dbp, 0, n * stat_size)
         return
-    parts = <double *>malloc(2 * nblocks * n * sizeof(double))
-    if parts == NULL:
-        raise MemoryError(f"cannot allocate {2 * nblocks * n * 8} bytes of partial sums")
+    a.parts = <double *>calloc(2 * a.nblocks * n, sizeof(double))
+    if a.parts == NULL:
+        raise MemoryError(f"cannot allocate {2 * a.nblocks * n * 8} bytes of partial sums")
     try:
+        scratch = _scratch(kind, n, 4, nthreads)
         with nogil:
             if nthreads == 1:
-                for blk in range(nblocks):
-                    _bwd_block(f64, dyp, xp, mp, rp, wp, dxp, parts, blk, nblocks, block,
-                               rows, n, stream)
+                for blk in range(a.nblocks):
+                    _bwd_block(&a, blk, scratch)
             else:
-                for blk in prange(nblocks, num_threads=nthreads, schedule="static"):
-                    _bwd_block(f64, dyp, xp, mp, rp, wp, dxp, parts, blk, nblocks, block,
-                               rows, n, stream)
+                for blk in prange(a.nblocks, num_threads=nthreads, schedule="static"):
+                    _bwd_block(&a, blk, <float *>_at(<char *>scratch,
+                                                     threadid() * per_thread * 4))
             if dwp != NULL:
-                _sum_blocks(f64, parts, nblocks, n, dwp)
-            _sum_blocks(f64, parts + nblocks * n, nblocks, n, dbp)
+                _sum_blocks(kind, a.parts, a.nblocks, n, dwp)
+            if dbp != NULL:
+                _sum_blocks(kind, a.parts + a.nblocks * n, a.nblocks, n, dbp)
     finally:
-        free(parts)
+        free(a.parts)
+        free(scratch)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,12 +564,16 @@ def can_write(cnp.ndarray out, cnp.ndarray x, *inputs):
     return True
 
 
-def empty(cnp.ndarray a, int start, int stop):
-    """A new C-contiguous array of a's dtype and shape ``a.shape[start:stop]``, contents unset.
+def empty(cnp.ndarray a, int start, int stop, object dtype=None):
+    """A new C-contiguous array of shape ``a.shape[start:stop]`` and a's dtype (or `dtype`, a
+    numpy.dtype), contents unset.
 
     numpy.empty(a.shape[start:stop], a.dtype) without the Python-level shape and dtype parsing,
     which costs more than the forward kernel on a row of 768.
     """
     if not 0 <= start <= stop <= cnp.PyArray_NDIM(a):
         raise ValueError(f"dims [{start}:{stop}] of a {cnp.PyArray_NDIM(a)}-d array")
-    return cnp.PyArray_EMPTY(stop - start, cnp.PyArray_DIMS(a) + start, cnp.PyArray_TYPE(a), 0)
+    if dtype is None:
+        return cnp.PyArray_EMPTY(stop - start, cnp.PyArray_DIMS(a) + start, cnp.PyArray_TYPE(a), 0)
+    return cnp.PyArray_EMPTY(stop - start, cnp.PyArray_DIMS(a) + start,
+                             (<cnp.dtype?>dtype).type_num, 0)

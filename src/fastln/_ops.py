@@ -15,11 +15,57 @@ import numpy as np
 
 from fastln import _cpu
 
-__all__ = ["layer_norm", "layer_norm_forward", "layer_norm_backward", "set_output_pool"]
+__all__ = ["layer_norm", "layer_norm_forward", "layer_norm_backward", "rms_norm",
+           "rms_norm_forward", "rms_norm_backward", "add_layer_norm", "add_layer_norm_forward",
+           "add_layer_norm_backward", "add_rms_norm", "add_rms_norm_forward",
+           "add_rms_norm_backward", "set_output_pool"]
 
-_SUPPORTED = (np.dtype(np.float32), np.dtype(np.float64))
-_F32, _F64 = _SUPPORTED
-_SUPPORTED_NAMES = "float32 or float64"
+_F32, _F64, _F16 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16)
+_SUPPORTED_NAMES = "float32, float64, float16 or bfloat16"
+_BF16_HELP = ("bfloat16 needs the ml_dtypes package, which is not installed: "
+              "pip install ml_dtypes (or pip install fastln[bf16])")
+
+
+@lru_cache(maxsize=1)
+def _ml_dtypes():
+    """The ml_dtypes module, or None where it is not installed."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        return None
+    return ml_dtypes
+
+
+def bfloat16_dtype():
+    """numpy.dtype of ml_dtypes.bfloat16; ImportError saying what to install without it."""
+    mod = _ml_dtypes()
+    if mod is None:
+        raise ImportError(_BF16_HELP)
+    return np.dtype(mod.bfloat16)
+
+
+def _kind(dtype):
+    """The kernels' code for `dtype` (fastln._cpu.KINDS); None if they do not take it."""
+    if dtype.kind == "f" and dtype.isnative:
+        return _cpu.KINDS.get(dtype.name)
+    if dtype.name == "bfloat16":
+        return _cpu.KINDS["bfloat16"]
+    return None
+
+
+def _is_half(dtype):
+    return dtype.itemsize == 2
+
+
+def _stat_dtype(dtype):
+    """dtype of weight, bias, mean and rstd as the kernels use them for data of `dtype`:
+    float32 for the 16-bit types, else the data's own."""
+    return _F32 if _is_half(dtype) else dtype
+
+
+def _default_rms_eps(dtype):
+    mod = _ml_dtypes()
+    return float(mod.finfo(dtype).eps if mod is not None else np.finfo(dtype).eps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -57,7 +103,7 @@ def _float_array(name, a):
     """`a` as an ndarray of a supported dtype in native byte order (a view where possible)."""
     a = np.asarray(a)
     dtype = a.dtype
-    if dtype.kind == "f" and dtype.itemsize in (4, 8):
+    if dtype.kind == "f" and dtype.itemsize in (2, 4, 8) or dtype.name == "bfloat16":
         if not dtype.isnative:
             a = a.astype(dtype.newbyteorder("="))
         return a
@@ -112,10 +158,22 @@ def _constant(n, dtype, value):
 
 
 def _param(name, a, normalized_shape, dtype, default):
-    """weight or bias as a contiguous array of `dtype`; a (n,) vector of `default` when None."""
+    """weight or bias for data of `dtype`, as a contiguous array of `_stat_dtype(dtype)`; a (n,)
+    vector of `default` when None. 16-bit parameters go with data of their own dtype only."""
+    kernel_dtype = _stat_dtype(dtype)
     if a is None:
-        return _constant(math.prod(normalized_shape), dtype, default)
-    a = _cast_to(name, a, dtype, "x")
+        return _constant(math.prod(normalized_shape), kernel_dtype, default)
+    pdtype = getattr(a, "dtype", None)
+    if isinstance(pdtype, np.dtype) and _is_half(pdtype) and pdtype != dtype:
+        raise TypeError(f"{name} has dtype {pdtype} but x is {dtype}; a {pdtype} {name} goes "
+                        f"with {pdtype} data only: pass {name}.astype(numpy.{kernel_dtype})")
+    if _is_half(dtype) and isinstance(pdtype, np.dtype) and pdtype not in (dtype, _F32):
+        raise TypeError(f"{name} has dtype {pdtype} but x is {dtype}; for {dtype} data {name} "
+                        f"must be float32 or {dtype}")
+    if _is_half(dtype) and isinstance(pdtype, np.dtype) and pdtype == dtype:
+        a = np.asarray(a).astype(_F32)
+    a = _cast_to(name, a, kernel_dtype, "x" if kernel_dtype == dtype else f"{dtype}'s "
+                 "statistics type")
     if a.shape != normalized_shape:
         raise ValueError(f"{name} must have shape normalized_shape={normalized_shape}, "
                          f"got {a.shape}")
@@ -241,58 +299,150 @@ def set_output_pool(max_bytes):
     _pool.clear()
 
 
-def _output(out, x, w, b):
+def _output(out, x, w, b, name="out", same_ok=None, apart=None):
     """(result, array the kernel writes, array to copy into `out` afterwards or None).
 
     The result has x's shape and dtype. The kernel reads x, w and b while it writes: an `out`
     that is the very same memory as x works in place; any other overlap with them is refused.
+    `same_ok` ({name: array}) replaces x as the inputs `out` may be exactly, `apart` ({name:
+    array}) adds outputs it must not meet (the fused add's two outputs).
     """
     if out is None:
         result = _fresh(x)
         return result, result, None
-    if isinstance(out, np.ndarray) and _cpu.can_write(out, x, w, b):
+    if (same_ok is None and apart is None and isinstance(out, np.ndarray)
+            and _cpu.can_write(out, x, w, b)):
         return out, out, None                # the usual case, recognised in one call
     shape, dtype = x.shape, x.dtype
     if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
     if out.shape != shape:
-        raise ValueError(f"out must have shape {shape}, got {out.shape}")
+        raise ValueError(f"{name} must have shape {shape}, got {out.shape}")
     if out.dtype != dtype:
-        raise TypeError(f"out must have dtype {dtype}, got {out.dtype}")
+        raise TypeError(f"{name} must have dtype {dtype}, got {out.dtype}")
     if not out.flags.writeable:
-        raise ValueError("out is read-only")
+        raise ValueError(f"{name} is read-only")
+    same_ok = {"x": x} if same_ok is None else same_ok
+    for other, a in (apart or {}).items():
+        if a is not None and _cpu.overlap(out, a):
+            raise ValueError(f"{name} overlaps {other}; the two outputs need separate arrays")
     if not _cpu.plain(out):
         # The kernel writes a contiguous scratch array that is copied into out at the end.
         return out, np.empty(shape, dtype), out
-    name = "x" if _cpu.overlap(out, x) == 2 else "weight" if _cpu.overlap(out, w) else "bias"
-    raise ValueError(f"out overlaps {name} without being the same array; pass "
-                     f"out={name} to work in place, or a separate array")
+    for other, a in same_ok.items():
+        if _cpu.overlap(out, a) == 2:
+            raise ValueError(f"{name} overlaps {other} without being the same array; pass "
+                             f"{name}={other} to work in place, or a separate array")
+    for other, a in (("weight", w), ("bias", b)):
+        if a is not None and _cpu.overlap(out, a):
+            raise ValueError(f"{name} overlaps {other}; pass a separate array")
+    return out, out, None
 
 
 # ---------------------------------------------------------------------------------------------
 # LayerNorm
 
-def _forward(x, normalized_shape, weight, bias, eps, out, with_stats):
-    plain = _plain_forward_inputs(x, normalized_shape, weight, bias, eps)
+def _forward(x, normalized_shape, weight, bias, eps, out, with_stats, rms=False,
+             residual=None, sum_out=None, fused=False):
+    """The forward of every op: LayerNorm or (rms) RMSNorm of x, or with `fused` of
+    s = x + residual. Returns (y, s, mean, rstd); s is None unless fused, the statistics unless
+    with_stats, mean for RMSNorm."""
+    plain = None if fused or rms else _plain_forward_inputs(x, normalized_shape, weight, bias,
+                                                            eps)
     if plain is not None:
         nshape, w, b = plain
     else:
         x = _float_array("x", x)
         nshape = _normalized_shape(normalized_shape)
         _check_shape(x, nshape)
-        eps = _eps(eps)
+        if fused:
+            residual = _float_array("residual", residual)
+            if residual.dtype != x.dtype:
+                raise TypeError(f"residual must have the dtype of x ({x.dtype}), got "
+                                f"{residual.dtype}")
+            if residual.shape != x.shape:
+                raise ValueError(f"residual must have the shape of x {x.shape}, got "
+                                 f"{residual.shape}")
+            residual = _kernel_ready(residual)
+        eps = _default_rms_eps(x.dtype) if rms and eps is None else _eps(eps)
         w = _param("weight", weight, nshape, x.dtype, 1)
-        b = _param("bias", bias, nshape, x.dtype, 0)
+        b = None if rms else _param("bias", bias, nshape, x.dtype, 0)
         x = _kernel_ready(x)
-    y, target, copy_to = _output(out, x, w, b)
+    kind = _kind(x.dtype)
+    s = target_s = copy_s = None
+    if fused:
+        inputs = {"x": x, "residual": residual}
+        s, target_s, copy_s = _output(sum_out, x, w, b, "sum_out", inputs, {"out": out})
+        y, target, copy_to = _output(out, x, w, b, "out", inputs, {"sum_out": sum_out})
+    else:
+        y, target, copy_to = _output(out, x, w, b)
     mean = rstd = None
     if with_stats:
-        mean = _cpu.empty(x, 0, x.ndim - len(nshape))
-        rstd = _cpu.empty(x, 0, x.ndim - len(nshape))
-    _cpu.layer_norm_forward(x, w, b, target, mean, rstd, eps)
-    if copy_to is not None:
-        copy_to[...] = target
-    return y, mean, rstd
+        lead, stat = x.ndim - len(nshape), _stat_dtype(x.dtype)
+        mean = None if rms else _cpu.empty(x, 0, lead, stat)
+        rstd = _cpu.empty(x, 0, lead, stat)
+    _cpu.norm_forward(kind, x, residual, w, b, target_s, target, mean, rstd, eps, rms)
+    for dst, src in ((copy_to, target), (copy_s, target_s)):
+        if dst is not None:
+            dst[...] = src
+    return y, s, mean, rstd
+
+
+def _backward(dy, x, mean, rstd, weight, dsum=None, rms=False, fused=False):
+    """The backward of every op; returns (dx, dweight, dbias); dbias is None for RMSNorm."""
+    plain = None if fused or rms else _plain_backward_inputs(dy, x, mean, rstd, weight)
+    ds = None
+    if plain is not None:
+        nshape, w = plain
+    else:
+        xname = "s" if fused else "x"
+        x = _float_array(xname, x)
+        if x.ndim == 0:
+            raise ValueError(f"{xname} must have at least one dimension, got a 0-d array")
+        stat = _stat_dtype(x.dtype)
+        target = f"the statistics of {x.dtype} data" if _is_half(x.dtype) else xname
+        rstd = _cast_to("rstd", rstd, stat, target)
+        lead_name, lead = ("rstd", rstd) if rms else ("mean", mean)
+        if not rms:
+            mean = lead = _cast_to("mean", mean, stat, target)
+        if lead.ndim >= x.ndim or lead.shape != x.shape[:lead.ndim]:
+            raise ValueError(f"{lead_name} must have the leading shape of {xname} "
+                             f"({xname}.shape[:k] for some k < {xname}.ndim={x.ndim}), got "
+                             f"{lead_name} of shape {lead.shape} for {xname} of shape {x.shape}")
+        if rstd.shape != lead.shape:
+            raise ValueError(f"rstd must have the shape of mean {lead.shape}, got {rstd.shape}")
+        for name, g in (("dy", dy), ("dsum", dsum)):
+            if g is None:
+                continue
+            g = _float_array(name, g) if _is_half(x.dtype) else _cast_to(name, g, x.dtype, xname)
+            if g.dtype != x.dtype:
+                raise TypeError(f"{name} must have the dtype of {xname} ({x.dtype}), got "
+                                f"{g.dtype}")
+            if g.shape != x.shape:
+                raise ValueError(f"{name} must have the shape of {xname} {x.shape}, got "
+                                 f"{g.shape}")
+            if name == "dy":
+                dy = _kernel_ready(g)
+            else:
+                ds = _kernel_ready(g)
+        nshape = x.shape[lead.ndim:]
+        _check_shape(x, nshape)
+        w = _param("weight", weight, nshape, x.dtype, 1)
+        x, rstd = _kernel_ready(x), _kernel_ready(rstd)
+        mean = None if rms else _kernel_ready(mean)
+    ndim, lead = x.ndim, x.ndim - len(nshape)
+    stat = _stat_dtype(x.dtype)
+    dx = _fresh(x)
+    dweight = None if weight is None else _cpu.empty(x, lead, ndim, stat)
+    dbias = None if rms else _cpu.empty(x, lead, ndim, stat)
+    _cpu.norm_backward(_kind(x.dtype), dy, x, mean, rstd, w, ds, dx, dweight, dbias, rms)
+    if _is_half(x.dtype):
+        # Gradients of 16-bit data come back in the weight's dtype (float32 without one).
+        pdtype = getattr(weight, "dtype", _F32)
+        pdtype = pdtype if pdtype == x.dtype else _F32
+        dweight = None if dweight is None else dweight.astype(pdtype, copy=False)
+        dbias = None if dbias is None else dbias.astype(pdtype, copy=False)
+    return dx, dweight, dbias
 
 
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=None):
@@ -354,7 +504,8 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     >>> mean
     array([1.5, 5.5])
     """
-    return _forward(x, normalized_shape, weight, bias, eps, None, True)
+    y, _, mean, rstd = _forward(x, normalized_shape, weight, bias, eps, None, True)
+    return y, mean, rstd
 
 
 def layer_norm_backward(dy, x, mean, rstd, weight=None):
@@ -395,31 +546,4 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None):
     >>> bool(abs(dx.sum()) < 1e-12), db
     (True, array([1., 0., 0.]))
     """
-    plain = _plain_backward_inputs(dy, x, mean, rstd, weight)
-    if plain is not None:
-        nshape, w = plain
-    else:
-        x = _float_array("x", x)
-        if x.ndim == 0:
-            raise ValueError("x must have at least one dimension, got a 0-d array")
-        mean = _cast_to("mean", mean, x.dtype, "x")
-        rstd = _cast_to("rstd", rstd, x.dtype, "x")
-        if mean.ndim >= x.ndim or mean.shape != x.shape[:mean.ndim]:
-            raise ValueError(f"mean must have the leading shape of x (x.shape[:k] for some "
-                             f"k < x.ndim={x.ndim}), got mean of shape {mean.shape} for x of "
-                             f"shape {x.shape}")
-        if rstd.shape != mean.shape:
-            raise ValueError(f"rstd must have the shape of mean {mean.shape}, got {rstd.shape}")
-        dy = _cast_to("dy", dy, x.dtype, "x")
-        if dy.shape != x.shape:
-            raise ValueError(f"dy must have the shape of x {x.shape}, got {dy.shape}")
-        nshape = x.shape[mean.ndim:]
-        _check_shape(x, nshape)
-        w = _param("weight", weight, nshape, x.dtype, 1)
-        dy, x, mean, rstd = (_kernel_ready(a) for a in (dy, x, mean, rstd))
-    ndim, lead = x.ndim, x.ndim - len(nshape)
-    dx = _fresh(x)
-    dweight = None if weight is None else _cpu.empty(x, lead, ndim)
-    dbias = _cpu.empty(x, lead, ndim)
-    _cpu.layer_norm_backward(dy, x, mean, rstd, w, dx, dweight, dbias)
-    return dx, dweight, dbias
+    return _backward(dy, x, mean, rstd, weight)

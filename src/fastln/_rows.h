@@ -43,31 +43,46 @@
 #define FASTLN_SFENCE() ((void)0)
 #endif
 
+#if defined(__GNUC__) || defined(__clang__)
+#define FASTLN_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define FASTLN_ALWAYS_INLINE inline
+#endif
+
+/* flags of norm_fwd and norm_bwd */
+#define FASTLN_STREAM 1    /* write the large outputs with non-temporal stores */
+#define FASTLN_RMS 2       /* RMSNorm: no mean, no bias */
+
 #ifndef FASTLN_BUILD_FLAGS
 #define FASTLN_BUILD_FLAGS ""
 #endif
 
-typedef void (*fastln_fwd_f32)(const float *, const float *, const float *, float *, float *,
-                               float *, Py_ssize_t, Py_ssize_t, double, int);
-typedef void (*fastln_fwd_f64)(const double *, const double *, const double *, double *,
-                               double *, double *, Py_ssize_t, Py_ssize_t, double, int);
-typedef void (*fastln_bwd_f32)(const float *, const float *, const float *, const float *,
-                               const float *, float *, double *, double *, Py_ssize_t,
-                               Py_ssize_t, int);
-typedef void (*fastln_bwd_f64)(const double *, const double *, const double *, const double *,
-                               const double *, double *, double *, double *, Py_ssize_t,
-                               Py_ssize_t, int);
-typedef void (*fastln_sum_f32)(double *, Py_ssize_t, Py_ssize_t, float *);
-typedef void (*fastln_sum_f64)(double *, Py_ssize_t, Py_ssize_t, double *);
+/* Forward: x, residual (or NULL), w, b, sum, y, mean, rstd, rows, n, eps, flags.
+ * Backward: dy, x, mean, rstd, w, dsum (or NULL), dx, dw partials, db partials, rows, n, flags. */
+#define FASTLN_KERNEL_TYPES(T, TS)                                                            \
+    typedef void (*fastln_fwd_##TS)(const T *, const T *, const T *, const T *, T *, T *, T *,  \
+                                    T *, Py_ssize_t, Py_ssize_t, double, int);                \
+    typedef void (*fastln_bwd_##TS)(const T *, const T *, const T *, const T *, const T *,      \
+                                    const T *, T *, double *, double *, Py_ssize_t,           \
+                                    Py_ssize_t, int);                                         \
+    typedef void (*fastln_sum_##TS)(double *, Py_ssize_t, Py_ssize_t, T *);
+FASTLN_KERNEL_TYPES(float, f32)
+FASTLN_KERNEL_TYPES(double, f64)
+typedef void (*fastln_widen)(const uint16_t *, float *, Py_ssize_t);
+typedef void (*fastln_narrow)(const float *, uint16_t *, Py_ssize_t);
 
 typedef struct {
     const char *name;
-    fastln_fwd_f32 ln_fwd_f32;
-    fastln_fwd_f64 ln_fwd_f64;
-    fastln_bwd_f32 ln_bwd_f32;
-    fastln_bwd_f64 ln_bwd_f64;
+    fastln_fwd_f32 norm_fwd_f32;
+    fastln_fwd_f64 norm_fwd_f64;
+    fastln_bwd_f32 norm_bwd_f32;
+    fastln_bwd_f64 norm_bwd_f64;
     fastln_sum_f32 sum_blocks_f32;
     fastln_sum_f64 sum_blocks_f64;
+    fastln_widen f16_to_f32;
+    fastln_narrow f32_to_f16;
+    fastln_widen bf16_to_f32;
+    fastln_narrow f32_to_bf16;
 } fastln_kernels;
 
 #define FASTLN_CAT3_(a, b, c) a##_##b##_##c
@@ -87,7 +102,7 @@ typedef struct {
 
 #if FASTLN_X86_DISPATCH
 #define FASTLN_PATH avx2
-#define TARGET __attribute__((target("avx2,fma")))
+#define TARGET __attribute__((target("avx2,fma,f16c")))
 #define REGISTER_BYTES 32
 #include "_rows_path.h"
 
@@ -95,10 +110,11 @@ typedef struct {
 #if defined(__clang__)
 /* clang rejects (and then drops) the whole attribute if it names prefer-vector-width; it lowers
  * the 64-byte vector types to zmm registers anyway. */
-#define TARGET __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")))
+#define TARGET __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c")))
 #else
 #define TARGET                                                                               \
-    __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,prefer-vector-width=512")))
+    __attribute__((target(                                                                  \
+        "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c,prefer-vector-width=512")))
 #endif
 #define REGISTER_BYTES 64
 #include "_rows_path.h"
@@ -106,9 +122,11 @@ typedef struct {
 
 #define FASTLN_TABLE(path)                                                                    \
     {#path,                                                                                   \
-     ln_fwd_##path##_f32, ln_fwd_##path##_f64,                                                \
-     ln_bwd_##path##_f32, ln_bwd_##path##_f64,                                                \
-     sum_blocks_##path##_f32, sum_blocks_##path##_f64}
+     norm_fwd_##path##_f32, norm_fwd_##path##_f64,                                            \
+     norm_bwd_##path##_f32, norm_bwd_##path##_f64,                                            \
+     sum_blocks_##path##_f32, sum_blocks_##path##_f64,                                        \
+     f16_to_f32_##path##_half, f32_to_f16_##path##_half,                                      \
+     bf16_to_f32_##path##_half, f32_to_bf16_##path##_half}
 
 /* Narrowest first. */
 static const fastln_kernels fastln_paths[] = {
@@ -126,11 +144,13 @@ static int fastln_path_supported(int i)
 #if FASTLN_X86_DISPATCH
     __builtin_cpu_init();
     if (i == 1)
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("f16c");
     if (i == 2)
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-               __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+               __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("f16c");
 #endif
     return i == 0;
 }

@@ -110,13 +110,31 @@ static TARGET inline void NAME(chan_merge)(double *restrict mean, double *restri
 #endif
 }
 
-/* Welford's update of (count, *mu, *q) with x[from:n] - pivot, one value at a time, in double. */
-static TARGET inline void NAME(welford)(const T *restrict x, Py_ssize_t from, Py_ssize_t n,
-                                        double pivot, double *restrict mu, double *restrict q)
+/* Element i of the row being normalized: x[i], or with the fused residual add (has_r) x[i] + r[i]
+ * rounded to T. Every sweep forms the sum again the same way, so all of them see the same s. */
+static TARGET FASTLN_ALWAYS_INLINE V NAME(vat)(const T *x, const T *r,
+                                                               const int has_r, Py_ssize_t i)
+{
+    V v = NAME(load)(x + i);
+    if (has_r)
+        v += NAME(load)(r + i);
+    return v;
+}
+
+static TARGET FASTLN_ALWAYS_INLINE T NAME(at)(const T *x, const T *r,
+                                                              const int has_r, Py_ssize_t i)
+{
+    return has_r ? (T)(x[i] + r[i]) : x[i];
+}
+
+/* Welford's update of (count, *mu, *q) with s[from:n] - pivot, one value at a time, in double. */
+static TARGET FASTLN_ALWAYS_INLINE void
+NAME(welford)(const T *x, const T *r, const int has_r, Py_ssize_t from, Py_ssize_t n,
+              double pivot, double *restrict mu, double *restrict q)
 {
     double m = *mu, s = *q;
     for (Py_ssize_t i = from; i < n; i++) {
-        const double d = (double)x[i] - pivot;
+        const double d = (double)NAME(at)(x, r, has_r, i) - pivot;
         const double delta = d - m;
         m += delta / (double)(i + 1);
         s += delta * (d - m);
@@ -125,7 +143,8 @@ static TARGET inline void NAME(welford)(const T *restrict x, Py_ssize_t from, Py
     *q = s;
 }
 
-/* Moments of one row about its pivot: *mean = mean(x - pivot), *m2 = sum((x - mean(x))^2).
+/* Moments of one row s (x, or x + r) about its pivot: *mean = mean(s - pivot),
+ * *m2 = sum((s - mean(s))^2).
  *
  * Lane l of the W lanes sees elements l, l + W, l + 2W, ... The row is read in blocks of BLOCK
  * vectors. A block's per-lane mean and M2 are a two-pass over values still in registers, in T;
@@ -133,8 +152,9 @@ static TARGET inline void NAME(welford)(const T *restrict x, Py_ssize_t from, Py
  * is Welford's update taken a block at a time. A last partial block is merged a vector at a time
  * (Welford), the lanes pairwise (Chan), and the tail elements one by one. The order of every
  * operation depends only on n, never on threads. */
-static TARGET inline void NAME(row_moments)(const T *restrict x, Py_ssize_t n, T pivot,
-                                            double *restrict mean_out, double *restrict m2_out)
+static TARGET FASTLN_ALWAYS_INLINE void
+NAME(row_moments)(const T *x, const T *r, const int has_r, Py_ssize_t n, T pivot,
+                  double *restrict mean_out, double *restrict m2_out)
 {
     const Py_ssize_t nvec = n / W;
     double mu = 0.0, q = 0.0;
@@ -148,16 +168,16 @@ static TARGET inline void NAME(row_moments)(const T *restrict x, Py_ssize_t n, T
         const V pv = NAME(splat)(pivot), zero = NAME(splat)(0);
         Py_ssize_t done = 0;                       /* vectors merged = values per lane */
         for (; done + BLOCK <= nvec; done += BLOCK) {
-            const T *restrict p = x + done * W;
+            const Py_ssize_t p = done * W;
             V s0 = zero, s1 = zero, q0 = zero, q1 = zero;
             for (int k = 0; k < BLOCK; k += 2) {
-                s0 += NAME(load)(p + k * W) - pv;
-                s1 += NAME(load)(p + (k + 1) * W) - pv;
+                s0 += NAME(vat)(x, r, has_r, p + k * W) - pv;
+                s1 += NAME(vat)(x, r, has_r, p + (k + 1) * W) - pv;
             }
             const V bm = (s0 + s1) * (T)(1.0 / BLOCK);
             for (int k = 0; k < BLOCK; k += 2) {
-                const V e0 = (NAME(load)(p + k * W) - pv) - bm;
-                const V e1 = (NAME(load)(p + (k + 1) * W) - pv) - bm;
+                const V e0 = (NAME(vat)(x, r, has_r, p + k * W) - pv) - bm;
+                const V e1 = (NAME(vat)(x, r, has_r, p + (k + 1) * W) - pv) - bm;
                 q0 += e0 * e0;
                 q1 += e1 * e1;
             }
@@ -166,7 +186,7 @@ static TARGET inline void NAME(row_moments)(const T *restrict x, Py_ssize_t n, T
             NAME(chan_merge)(mean, m2, bm, q0 + q1, nb / (na + nb), na * nb / (na + nb));
         }
         for (; done < nvec; done++) {
-            NAME(store)(lane_a, NAME(load)(x + done * W) - pv);
+            NAME(store)(lane_a, NAME(vat)(x, r, has_r, done * W) - pv);
             const double inv = 1.0 / (double)(done + 1);
             for (int l = 0; l < W; l++) {
                 const double d = (double)lane_a[l];
@@ -188,72 +208,182 @@ static TARGET inline void NAME(row_moments)(const T *restrict x, Py_ssize_t n, T
         mu = mean[0];
         q = m2[0];
     }
-    NAME(welford)(x, nvec * W, n, (double)pivot, &mu, &q);
+    NAME(welford)(x, r, has_r, nvec * W, n, (double)pivot, &mu, &q);
     /* Short sums in float over- or underflow on rows whose spread is beyond ~2^+-50 (values near
      * FLT_MAX, subnormal spreads): such rows, and NaN or constant ones, are redone in double. */
     if (sizeof(T) < sizeof(double) && !(q > 0x1p-100 && q < 0x1p100)) {
         mu = 0.0;
         q = 0.0;
-        NAME(welford)(x, 0, n, (double)pivot, &mu, &q);
+        NAME(welford)(x, r, has_r, 0, n, (double)pivot, &mu, &q);
     }
     *mean_out = mu;
     *m2_out = q;
 }
 
-/* Forward over a block: y = (x - mean) * rstd * w + b, and mean and rstd per row when asked.
- * y may be x itself (in place): each row is read in full before any of it is written. */
-static TARGET void NAME(ln_fwd)(const T *x, const T *restrict w, const T *restrict b, T *y,
-                                T *restrict mean, T *restrict rstd, Py_ssize_t rows,
-                                Py_ssize_t n, double eps, int stream)
+/* 1 / sqrt(mean(s^2) + eps) of one row s (x, or x + r), for RMSNorm. Squares are summed in T in
+ * blocks of BLOCK vectors, then per lane, over lanes and over the tail in double. A row whose
+ * sum leaves T's comfortable range (values beyond ~2^+-50 in float32, ~2^+-500 in float64) is
+ * summed again in double, scaled by its largest magnitude so that nothing overflows. */
+static TARGET FASTLN_ALWAYS_INLINE double
+NAME(row_rstd_rms)(const T *x, const T *r, const int has_r, Py_ssize_t n, double eps)
 {
-    for (Py_ssize_t r = 0; r < rows; r++) {
-        const T *xr = x + r * n;
-        T *yr = y + r * n;
-        const T pivot = xr[0];
-        double mu, m2;
-        NAME(row_moments)(xr, n, pivot, &mu, &m2);
-        /* A finite float64 row whose spread exceeds ~1e154 overflows m2: say so with NaN
-         * rather than return the bias as if the row were constant. */
-        const double rs = m2 > DBL_MAX ? NAN : 1.0 / sqrt(m2 / (double)n + eps);
-        if (mean != NULL) {
-            mean[r] = (T)((double)pivot + mu);
-            rstd[r] = (T)rs;
+    const Py_ssize_t nvec = n / W;
+    double lanes[W];
+    for (int l = 0; l < W; l++)
+        lanes[l] = 0.0;
+    const V zero = NAME(splat)(0);
+    Py_ssize_t v = 0;
+    while (v < nvec) {
+        const int len = nvec - v < BLOCK ? (int)(nvec - v) : BLOCK;
+        V sq = zero;
+        for (int k = 0; k < len; k++, v++) {
+            const V e = NAME(vat)(x, r, has_r, v * W);
+            sq += e * e;
         }
+        NAME(accumulate)(lanes, sq);
+    }
+    for (int width = W / 2; width >= 1; width /= 2)
+        for (int l = 0; l < width; l++)
+            lanes[l] += lanes[l + width];
+    double q = lanes[0];
+    for (Py_ssize_t i = nvec * W; i < n; i++) {
+        const double e = (double)NAME(at)(x, r, has_r, i);
+        q += e * e;
+    }
+    const double limit = sizeof(T) < sizeof(double) ? 0x1p100 : 0x1p1000;
+    if (q > 1.0 / limit && q < limit)
+        return 1.0 / sqrt(q / (double)n + eps);
+    /* Redo: scale = max |s|; mean(s^2) = scale^2 * mean((s / scale)^2). */
+    double scale = 0.0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const double e = fabs((double)NAME(at)(x, r, has_r, i));
+        scale = e > scale || e != e ? e : scale;
+    }
+    if (!(scale > 0.0) || scale > DBL_MAX)       /* zero, NaN or inf rows */
+        return 1.0 / sqrt(scale * scale + eps);
+    double u = 0.0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const double e = (double)NAME(at)(x, r, has_r, i) / scale;
+        u += e * e;
+    }
+    u /= (double)n;                                /* in [1/n, 1] */
+    if (eps == 0.0)
+        return 1.0 / (scale * sqrt(u));
+    if (scale >= 1.0)
+        return 1.0 / (scale * sqrt(u + eps / scale / scale));
+    return 1.0 / sqrt(scale * scale * u + eps);
+}
+
+/* One element of fwd_rows' output sweep, in T. */
+static TARGET FASTLN_ALWAYS_INLINE void
+NAME(fwd_one)(const T *xr, const T *rr, const T *restrict w, const T *restrict b, T *yr, T *sr,
+              Py_ssize_t i, T pivot, T mu, T rs, const int has_r, const int rms)
+{
+    const T si = NAME(at)(xr, rr, has_r, i);
+    yr[i] = rms ? si * (rs * w[i]) : ((si - pivot) - mu) * (rs * w[i]) + b[i];
+    if (has_r)
+        sr[i] = si;
+}
+
+/* Normalizes `rows` rows of s, where s is x or (has_r) x + r, which is then also written to
+ * `sum`. LayerNorm: y = (s - mean) * rstd * w + b; RMSNorm (rms): y = s * rstd * w. mean (not for
+ * RMSNorm) and rstd are written per row when rstd is not NULL. y and sum may each be x or r
+ * itself (in place): a row is read in full before any of it is written. */
+static TARGET FASTLN_ALWAYS_INLINE void
+NAME(fwd_rows)(const T *x, const T *r, const T *restrict w, const T *restrict b, T *sum, T *y,
+               T *restrict mean, T *restrict rstd, Py_ssize_t rows, Py_ssize_t n, double eps,
+               int stream, const int has_r, const int rms)
+{
+    for (Py_ssize_t row = 0; row < rows; row++) {
+        const T *xr = x + row * n, *rr = has_r ? r + row * n : NULL;
+        T *yr = y + row * n, *sr = has_r ? sum + row * n : NULL;
+        const T pivot = rms ? (T)0 : NAME(at)(xr, rr, has_r, 0);
+        double mu = 0.0, rs, spread;
+        if (rms) {
+            rs = NAME(row_rstd_rms)(xr, rr, has_r, n, eps);
+            spread = 1.0;
+        } else {
+            double m2;
+            NAME(row_moments)(xr, rr, has_r, n, pivot, &mu, &m2);
+            /* A finite float64 row whose spread exceeds ~1e154 overflows m2: say so with NaN
+             * rather than return the bias as if the row were constant. */
+            rs = m2 > DBL_MAX ? NAN : 1.0 / sqrt(m2 / (double)n + eps);
+            spread = sqrt(m2);
+            if (mean != NULL)
+                mean[row] = (T)((double)pivot + mu);
+        }
+        if (rstd != NULL)
+            rstd[row] = (T)rs;
         /* sqrt(m2) bounds every |x - mean|. When it or rstd is far outside float32's comfortable
          * range (values near FLT_MAX, subnormal spreads, eps = 0 on a near-constant row), the
          * row is finished in double so that nothing overflows or loses digits; otherwise in T. */
-        const double spread = sqrt(m2);
         if (sizeof(T) < sizeof(double) &&
-            !(spread < 0x1p100 && spread > 0x1p-100 && rs < 0x1p100)) {
+            !(spread < 0x1p100 && spread > 0x1p-100 && rs < 0x1p100 && rs > 0x1p-100)) {
             for (Py_ssize_t i = 0; i < n; i++) {
-                const double centred = ((double)xr[i] - (double)pivot) - mu;
-                yr[i] = (T)(centred * rs * (double)w[i] + (double)b[i]);
+                const T si = NAME(at)(xr, rr, has_r, i);
+                const double centred = ((double)si - (double)pivot) - mu;
+                yr[i] = (T)(rms ? centred * rs * (double)w[i]
+                                : centred * rs * (double)w[i] + (double)b[i]);
+                if (has_r)
+                    sr[i] = si;
             }
             continue;
         }
-        /* (x - pivot) is exact; subtracting the small remainder mu rounds once. */
+        /* (s - pivot) is exact; subtracting the small remainder mu rounds once. */
         const T mu_t = (T)mu, rs_t = (T)rs;
         const V pv = NAME(splat)(pivot), muv = NAME(splat)(mu_t), rsv = NAME(splat)(rs_t);
-        Py_ssize_t i = 0;
-        /* Streaming stores need aligned addresses: the row's first elements are stored plainly. */
+        /* Streaming stores need aligned addresses: the row's first elements are stored plainly.
+         * The sum is streamed too when it shares y's alignment. */
         const Py_ssize_t head = stream ? (Py_ssize_t)(((REGISTER_BYTES - (uintptr_t)yr %
                                                         REGISTER_BYTES) % REGISTER_BYTES) /
                                                       sizeof(T)) : 0;
+        const int stream_sum = stream && has_r &&
+                               ((uintptr_t)sr - (uintptr_t)yr) % REGISTER_BYTES == 0;
+        Py_ssize_t i = 0;
         for (; i < head && i < n; i++)
-            yr[i] = ((xr[i] - pivot) - mu_t) * (rs_t * w[i]) + b[i];
+            NAME(fwd_one)(xr, rr, w, b, yr, sr, i, pivot, mu_t, rs_t, has_r, rms);
         for (; i + W <= n; i += W) {
-            const V centred = (NAME(load)(xr + i) - pv) - muv;
-            const V out = centred * (rsv * NAME(load)(w + i)) + NAME(load)(b + i);
+            const V si = NAME(vat)(xr, rr, has_r, i);
+            const V scaled = rsv * NAME(load)(w + i);
+            V out;
+            if (rms)
+                out = si * scaled;
+            else
+                out = ((si - pv) - muv) * scaled + NAME(load)(b + i);
             if (stream)
                 NAME(stream)(yr + i, out);
             else
                 NAME(store)(yr + i, out);
+            if (has_r && stream_sum)
+                NAME(stream)(sr + i, si);
+            else if (has_r)
+                NAME(store)(sr + i, si);
         }
         for (; i < n; i++)
-            yr[i] = ((xr[i] - pivot) - mu_t) * (rs_t * w[i]) + b[i];
+            NAME(fwd_one)(xr, rr, w, b, yr, sr, i, pivot, mu_t, rs_t, has_r, rms);
     }
     if (stream)
         FASTLN_SFENCE();
+}
+
+/* Forward over a block of rows: see fwd_rows; `r` and `sum` are NULL without the residual add,
+ * `b` and `mean` with FASTLN_RMS. One specialised copy per (add, RMS) pair. */
+static TARGET void NAME(norm_fwd)(const T *x, const T *r, const T *w, const T *b, T *sum, T *y,
+                                  T *mean, T *rstd, Py_ssize_t rows, Py_ssize_t n, double eps,
+                                  int flags)
+{
+    const int stream = (flags & FASTLN_STREAM) != 0;
+    if (flags & FASTLN_RMS) {
+        if (r != NULL)
+            NAME(fwd_rows)(x, r, w, b, sum, y, mean, rstd, rows, n, eps, stream, 1, 1);
+        else
+            NAME(fwd_rows)(x, r, w, b, sum, y, mean, rstd, rows, n, eps, stream, 0, 1);
+    } else {
+        if (r != NULL)
+            NAME(fwd_rows)(x, r, w, b, sum, y, mean, rstd, rows, n, eps, stream, 1, 0);
+        else
+            NAME(fwd_rows)(x, r, w, b, sum, y, mean, rstd, rows, n, eps, stream, 0, 0);
+    }
 }
 
 /* The three sums the backward needs from one row, about the pivot k (the saved mean):
@@ -305,11 +435,13 @@ static TARGET inline void NAME(row_grad_sums)(const T *restrict x, const T *rest
 
 /* One row of the backward entirely in double, for rows the T sweep cannot take: float32 rows
  * with values near FLT_MAX or an rstd beyond 2^+-60, where products and sums of T would over- or
- * underflow. Adds the row's dweight and dbias shares straight to the double partials. */
+ * underflow. Adds the row's dweight and dbias shares straight to the double partials. k is the
+ * pivot (the saved mean; 0 for RMSNorm, which subtracts no mean), ds the incoming gradient of the
+ * fused add's sum or NULL. */
 static TARGET void NAME(bwd_row_exact)(const T *restrict dy, const T *restrict x, double k,
-                                       double rs, const T *restrict w, T *restrict dx,
-                                       double *restrict dw_part, double *restrict db_part,
-                                       Py_ssize_t n)
+                                       double rs, const T *restrict w, const T *restrict ds,
+                                       T *restrict dx, double *restrict dw_part,
+                                       double *restrict db_part, Py_ssize_t n, int rms)
 {
     double sd = 0.0, sg = 0.0, sgd = 0.0;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -318,26 +450,27 @@ static TARGET void NAME(bwd_row_exact)(const T *restrict dy, const T *restrict x
         sg += g;
         sgd += g * d;
     }
-    const double shift = sd / (double)n, mg = sg / (double)n;
+    const double shift = rms ? 0.0 : sd / (double)n, mg = rms ? 0.0 : sg / (double)n;
     const double c = rs * (sgd - shift * sg) / (double)n;
     for (Py_ssize_t i = 0; i < n; i++) {
         const double dyi = (double)dy[i];
         const double xhat = (((double)x[i] - k) - shift) * rs;
-        dx[i] = (T)(rs * ((dyi * (double)w[i] - mg) - xhat * c));
+        const double d = rs * ((dyi * (double)w[i] - mg) - xhat * c);
+        dx[i] = (T)(ds != NULL ? d + (double)ds[i] : d);
         dw_part[i] += dyi * xhat;
         db_part[i] += dyi;
     }
 }
 
-/* The vector columns [from, to) of the backward's second sweep over a group of nr rows (dy, x
- * and dx point at the group's first row): writes dx and adds the group's dweight and dbias shares
- * to the partials. Rows flagged in `exact` (NULL: none) are skipped. */
-static TARGET inline void NAME(bwd_cols)(const T *restrict dy, const T *restrict x,
-                                         const T *restrict w, T *restrict dx,
-                                         double *restrict dw_part, double *restrict db_part,
-                                         Py_ssize_t n, Py_ssize_t from, Py_ssize_t to, int nr,
-                                         const int *exact, const T *pivot, const T *shift,
-                                         const T *rs, const T *mg, const T *c, int stream)
+/* The vector columns [from, to) of the backward's second sweep over a group of nr rows (dy, x,
+ * ds and dx point at the group's first row): writes dx and adds the group's dweight and dbias
+ * shares to the partials. Rows flagged in `exact` (NULL: none) are skipped. */
+static TARGET FASTLN_ALWAYS_INLINE void
+NAME(bwd_cols)(const T *restrict dy, const T *restrict x, const T *restrict w,
+               const T *restrict ds, T *restrict dx, double *restrict dw_part,
+               double *restrict db_part, Py_ssize_t n, Py_ssize_t from, Py_ssize_t to, int nr,
+               const int *exact, const T *pivot, const T *shift, const T *rs, const T *mg,
+               const T *c, int stream, const int rms, const int has_ds)
 {
     V pv[GROUP_ROWS], shv[GROUP_ROWS], rsv[GROUP_ROWS], mgv[GROUP_ROWS], cv[GROUP_ROWS];
     for (int r = 0; r < nr; r++) {
@@ -355,8 +488,16 @@ static TARGET inline void NAME(bwd_cols)(const T *restrict dy, const T *restrict
                 continue;
             const Py_ssize_t off = r * n + j;
             const V dyv = NAME(load)(dy + off);
-            const V xhat = ((NAME(load)(x + off) - pv[r]) - shv[r]) * rsv[r];
-            const V d = rsv[r] * (dyv * wv - mgv[r]) - xhat * cv[r];
+            V xhat, d;
+            if (rms) {
+                xhat = NAME(load)(x + off) * rsv[r];
+                d = rsv[r] * (dyv * wv) - xhat * cv[r];
+            } else {
+                xhat = ((NAME(load)(x + off) - pv[r]) - shv[r]) * rsv[r];
+                d = rsv[r] * (dyv * wv - mgv[r]) - xhat * cv[r];
+            }
+            if (has_ds)
+                d += NAME(load)(ds + off);
             if (stream)
                 NAME(stream)(dx + off, d);
             else
@@ -365,37 +506,39 @@ static TARGET inline void NAME(bwd_cols)(const T *restrict dy, const T *restrict
             dba += dyv;
         }
         NAME(accumulate)(dw_part + j, dwa);
-        NAME(accumulate)(db_part + j, dba);
+        if (!rms)
+            NAME(accumulate)(db_part + j, dba);
     }
 }
 
-/* Backward over a block, fused: one sweep of reductions per row, then one sweep over a group of
- * GROUP_ROWS rows that writes their dx and adds their share of dweight and dbias to the block's
- * double partials (summed over the group in T first, so the partials are read and written once
- * per group of rows, not once per row).
+/* Backward over a block of rows, fused: one sweep of reductions per row, then one sweep over a
+ * group of GROUP_ROWS rows that writes their dx and adds their share of dweight and dbias to the
+ * block's double partials (summed over the group in T first, so the partials are read and written
+ * once per group of rows, not once per row). The partials are added to, never cleared.
  *
- *   xhat = (x - mean) * rstd,  g = dy * w,
- *   dx = rstd * (g - mean(g)) - xhat * (rstd * mean(g * xhat)),
- *   dw_part += dy * xhat,  db_part += dy.
+ *   LayerNorm:  xhat = (x - mean) * rstd,  g = dy * w,
+ *               dx = rstd * (g - mean(g)) - xhat * (rstd * mean(g * xhat)),
+ *               dw_part += dy * xhat,  db_part += dy;
+ *   RMSNorm (FASTLN_RMS; mean is NULL, db_part unused):
+ *               xhat = x * rstd,  dx = rstd * g - xhat * (rstd * mean(g * xhat)),
+ *   and with the fused add, dx += ds, the incoming gradient of the sum, when ds is not NULL.
  *
  * The saved mean is only the pivot: the first sweep also measures mean(x - pivot), so a mean that
  * was rounded to float32 (or is off for any reason) still gives the gradient at the true mean. */
-static TARGET void NAME(ln_bwd)(const T *restrict dy, const T *restrict x,
-                                const T *restrict mean, const T *restrict rstd,
-                                const T *restrict w, T *restrict dx,
-                                double *restrict dw_part, double *restrict db_part,
-                                Py_ssize_t rows, Py_ssize_t n, int stream)
+static TARGET void NAME(norm_bwd)(const T *restrict dy, const T *restrict x,
+                                  const T *restrict mean, const T *restrict rstd,
+                                  const T *restrict w, const T *restrict ds, T *restrict dx,
+                                  double *restrict dw_part, double *restrict db_part,
+                                  Py_ssize_t rows, Py_ssize_t n, int flags)
 {
-    for (Py_ssize_t i = 0; i < n; i++) {
-        dw_part[i] = 0.0;
-        db_part[i] = 0.0;
-    }
+    const int rms = (flags & FASTLN_RMS) != 0, has_ds = ds != NULL;
     /* Streaming stores need aligned addresses; rows share dx's alignment when a row's bytes are
      * a multiple of the register's, and then `head` columns are stored plainly first. */
-    stream = stream && (n * (Py_ssize_t)sizeof(T)) % REGISTER_BYTES == 0;
+    const int stream = (flags & FASTLN_STREAM) && (n * (Py_ssize_t)sizeof(T)) % REGISTER_BYTES == 0;
     Py_ssize_t head = stream ? (Py_ssize_t)(((REGISTER_BYTES - (uintptr_t)dx % REGISTER_BYTES) %
                                              REGISTER_BYTES) / sizeof(T)) : 0;
     head = head < n ? head : n;
+    const Py_ssize_t vec_end = head + (n - head) / W * W;
     const double inv_n = 1.0 / (double)n;
     for (Py_ssize_t r0 = 0; r0 < rows; r0 += GROUP_ROWS) {
         const int nr = rows - r0 < GROUP_ROWS ? (int)(rows - r0) : GROUP_ROWS;
@@ -404,30 +547,41 @@ static TARGET void NAME(ln_bwd)(const T *restrict dy, const T *restrict x,
         for (int r = 0; r < nr; r++) {
             const Py_ssize_t off = (r0 + r) * n;
             double sums[3];
-            pivot[r] = mean[r0 + r];
+            pivot[r] = rms ? (T)0 : mean[r0 + r];
             rs[r] = rstd[r0 + r];
             const double rsd = (double)rs[r];
             NAME(row_grad_sums)(x + off, dy + off, w, n, pivot[r], sums);
             exact[r] = sizeof(T) < sizeof(double) &&
                        !(rsd > 0x1p-60 && rsd < 0x1p60 && fabs(sums[2]) < 0x1p100);
             any_exact |= exact[r];
-            const double sh = sums[0] * inv_n;                 /* true mean - pivot */
+            const double sh = rms ? 0.0 : sums[0] * inv_n;     /* true mean - pivot */
             shift[r] = (T)sh;
-            mg[r] = (T)(sums[1] * inv_n);
+            mg[r] = rms ? (T)0 : (T)(sums[1] * inv_n);
             c[r] = (T)(rsd * rsd * (sums[2] - sh * sums[1]) * inv_n);
         }
-        const Py_ssize_t off0 = r0 * n, vec_end = head + (n - head) / W * W;
-        /* The common case, a whole group with no exact rows, with the row count a constant so
-         * that the per-row constants stay in registers and the row loop unrolls. */
-        if (nr == GROUP_ROWS && !any_exact && stream)
-            NAME(bwd_cols)(dy + off0, x + off0, w, dx + off0, dw_part, db_part, n, head, vec_end,
-                           GROUP_ROWS, NULL, pivot, shift, rs, mg, c, 1);
-        else if (nr == GROUP_ROWS && !any_exact)
-            NAME(bwd_cols)(dy + off0, x + off0, w, dx + off0, dw_part, db_part, n, head, vec_end,
-                           GROUP_ROWS, NULL, pivot, shift, rs, mg, c, 0);
-        else
-            NAME(bwd_cols)(dy + off0, x + off0, w, dx + off0, dw_part, db_part, n, head, vec_end,
-                           nr, exact, pivot, shift, rs, mg, c, stream);
+        const Py_ssize_t off0 = r0 * n;
+        const T *dsg = has_ds ? ds + off0 : NULL;
+#define FASTLN_COLS(NR, EXACT, STREAM, RMS, DS)                                                 \
+    NAME(bwd_cols)(dy + off0, x + off0, w, dsg, dx + off0, dw_part, db_part, n, head, vec_end, \
+                   NR, EXACT, pivot, shift, rs, mg, c, STREAM, RMS, DS)
+        /* The common case, a whole group with no exact rows, is compiled once per (stream, RMS,
+         * ds) with the row count a constant, so that the per-row constants stay in registers and
+         * the row loop unrolls. */
+        if (nr == GROUP_ROWS && !any_exact) {
+            switch (stream | rms << 1 | has_ds << 2) {
+            case 0: FASTLN_COLS(GROUP_ROWS, NULL, 0, 0, 0); break;
+            case 1: FASTLN_COLS(GROUP_ROWS, NULL, 1, 0, 0); break;
+            case 2: FASTLN_COLS(GROUP_ROWS, NULL, 0, 1, 0); break;
+            case 3: FASTLN_COLS(GROUP_ROWS, NULL, 1, 1, 0); break;
+            case 4: FASTLN_COLS(GROUP_ROWS, NULL, 0, 0, 1); break;
+            case 5: FASTLN_COLS(GROUP_ROWS, NULL, 1, 0, 1); break;
+            case 6: FASTLN_COLS(GROUP_ROWS, NULL, 0, 1, 1); break;
+            default: FASTLN_COLS(GROUP_ROWS, NULL, 1, 1, 1); break;
+            }
+        } else {
+            FASTLN_COLS(nr, exact, stream, rms, has_ds);
+        }
+#undef FASTLN_COLS
         /* The columns before `head` and after the last whole vector, one at a time. */
         for (Py_ssize_t k = 0; k < head + (n - vec_end); k++) {
             const Py_ssize_t j = k < head ? k : vec_end + (k - head);
@@ -438,7 +592,8 @@ static TARGET void NAME(ln_bwd)(const T *restrict dy, const T *restrict x,
                 const Py_ssize_t off = (r0 + r) * n + j;
                 const T dyv = dy[off];
                 const T xhat = ((x[off] - pivot[r]) - shift[r]) * rs[r];
-                dx[off] = rs[r] * (dyv * w[j] - mg[r]) - xhat * c[r];
+                const T d = rs[r] * (dyv * w[j] - mg[r]) - xhat * c[r];
+                dx[off] = has_ds ? d + ds[off] : d;
                 dwa += dyv * xhat;
                 dba += dyv;
             }
@@ -449,7 +604,8 @@ static TARGET void NAME(ln_bwd)(const T *restrict dy, const T *restrict x,
             if (exact[r]) {
                 const Py_ssize_t off = (r0 + r) * n;
                 NAME(bwd_row_exact)(dy + off, x + off, (double)pivot[r], (double)rs[r], w,
-                                    dx + off, dw_part, db_part, n);
+                                    has_ds ? ds + off : NULL, dx + off, dw_part, db_part, n,
+                                    rms);
             }
     }
     if (stream)
