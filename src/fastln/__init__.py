@@ -16,12 +16,37 @@ except ImportError as exc:  # pragma: no cover - only on a broken install
     ) from exc
 
 from fastln import reference
-from fastln._ops import layer_norm, layer_norm_backward, layer_norm_forward, set_output_pool
+from fastln._ops import (
+    add_layer_norm,
+    add_layer_norm_backward,
+    add_layer_norm_forward,
+    add_rms_norm,
+    add_rms_norm_backward,
+    add_rms_norm_forward,
+    layer_norm,
+    layer_norm_backward,
+    layer_norm_forward,
+    rms_norm,
+    rms_norm_backward,
+    rms_norm_forward,
+    set_output_pool,
+)
 from fastln._threads import get_num_threads, set_num_threads
-from fastln.modules import LayerNorm
+from fastln.modules import LayerNorm, RMSNorm
 
 __all__ = [
     "LayerNorm",
+    "RMSNorm",
+    "add_layer_norm",
+    "add_layer_norm_backward",
+    "add_layer_norm_forward",
+    "add_rms_norm",
+    "add_rms_norm_backward",
+    "add_rms_norm_forward",
+    "bfloat16",
+    "rms_norm",
+    "rms_norm_backward",
+    "rms_norm_forward",
     "get_num_threads",
     "layer_norm",
     "layer_norm_backward",
@@ -31,3 +56,12 @@ __all__ = [
     "set_output_pool",
     "__version__",
 ]
+
+
+def __getattr__(name):
+    # fastln.bfloat16: ml_dtypes' bfloat16 dtype, or an ImportError saying what to install.
+    if name == "bfloat16":
+        from fastln._ops import bfloat16_dtype
+
+        return bfloat16_dtype()
+    raise AttributeError(f"module 'fastln' has no attribute {name!r}")

@@ -547,3 +547,148 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None):
     (True, array([1., 0., 0.]))
     """
     return _backward(dy, x, mean, rstd, weight)
+
+
+# ---------------------------------------------------------------------------------------------
+# RMSNorm
+
+def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None):
+    """Root-mean-square normalization, like ``torch.nn.functional.rms_norm``::
+
+        y = x / sqrt(mean(x**2) + eps) * weight
+
+    over the trailing `normalized_shape` dims of `x` (no mean is subtracted, no bias added).
+
+    Parameters
+    ----------
+    x : array_like
+        float32, float64, float16 or bfloat16 (with ml_dtypes), shape ``(*, *normalized_shape)``.
+    normalized_shape : int or tuple of int
+        The trailing dims to normalize over.
+    weight : array_like, optional
+        Of shape `normalized_shape`; default 1. float32 or x's dtype for 16-bit x.
+    eps : float, optional
+        Added to the mean square; None means ``finfo(x.dtype).eps``, as in PyTorch.
+    out : ndarray, optional
+        Where to write y: shape and dtype of x; ``out=x`` works in place.
+
+    Returns
+    -------
+    y : ndarray
+        Same shape and dtype as x.
+
+    Examples
+    --------
+    >>> import numpy as np, fastln
+    >>> fastln.rms_norm(np.array([[3.0, 4.0]]), 2, eps=0.0)
+    array([[0.84852814, 1.13137085]])
+    """
+    return _forward(x, normalized_shape, weight, None, eps, out, False, rms=True)[0]
+
+
+def rms_norm_forward(x, normalized_shape, weight=None, eps=None):
+    """RMS normalization that also returns what the backward needs: ``(y, rstd)``.
+
+    rstd is ``1 / sqrt(mean(x**2) + eps)`` per row, of shape
+    ``x.shape[:-len(normalized_shape)]`` and x's dtype (float32 for 16-bit x). Parameters are
+    those of `rms_norm`.
+    """
+    y, _, _, rstd = _forward(x, normalized_shape, weight, None, eps, None, True, rms=True)
+    return y, rstd
+
+
+def rms_norm_backward(dy, x, rstd, weight=None):
+    """Gradients of RMS normalization: ``(dx, dweight)``, in one fused sweep over the rows.
+
+    With ``xhat = x * rstd`` and ``g = dy * weight``::
+
+        dx = rstd * (g - xhat * mean(g * xhat))        (mean over each row)
+
+    and ``dweight = sum(dy * xhat)`` over the rows (None when `weight` is None). rstd's number
+    of dims fixes the normalized dims: x's last ``x.ndim - rstd.ndim``.
+    """
+    dx, dweight, _ = _backward(dy, x, None, rstd, weight, rms=True)
+    return dx, dweight
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused residual add + norm (the pre-norm transformer block)
+
+def add_layer_norm(x, residual, normalized_shape, weight=None, bias=None, eps=1e-5, *,
+                   out=None, sum_out=None):
+    """``s = x + residual`` and ``y = layer_norm(s)`` in one sweep: returns ``(y, s)``.
+
+    s is rounded to x's dtype, and y normalizes that rounded s, exactly as
+    ``layer_norm(x + residual)`` would; s feeds the next block's residual. Reads x and residual
+    once and writes y and s once.
+
+    Parameters
+    ----------
+    x, residual : array_like
+        Same shape and dtype (float32, float64, float16 or bfloat16).
+    normalized_shape, weight, bias, eps
+        As in `layer_norm`.
+    out, sum_out : ndarray, optional
+        Where to write y and s. Each may be x or residual itself (in place); they must not
+        overlap each other.
+
+    Examples
+    --------
+    >>> import numpy as np, fastln
+    >>> y, s = fastln.add_layer_norm(np.array([[1.0, 2.0]]), np.array([[1.0, 4.0]]), 2)
+    >>> s, y.round(3)
+    (array([[2., 6.]]), array([[-1.,  1.]]))
+    """
+    y, s, _, _ = _forward(x, normalized_shape, weight, bias, eps, out, False, residual=residual,
+                          sum_out=sum_out, fused=True)
+    return y, s
+
+
+def add_layer_norm_forward(x, residual, normalized_shape, weight=None, bias=None, eps=1e-5, *,
+                           out=None, sum_out=None):
+    """`add_layer_norm` that also returns the statistics of s: ``(y, s, mean, rstd)``."""
+    return _forward(x, normalized_shape, weight, bias, eps, out, True, residual=residual,
+                    sum_out=sum_out, fused=True)
+
+
+def add_layer_norm_backward(dy, s, mean, rstd, weight=None, dsum=None):
+    """Gradients of `add_layer_norm`: ``(ds, dweight, dbias)``.
+
+    ``ds = layer_norm_backward(dy, s, ...)[0] + dsum`` is the gradient of the sum, and so of
+    both x and residual. `dsum`, the incoming gradient of s (the next block's use of it), may be
+    None. One fused sweep.
+    """
+    return _backward(dy, s, mean, rstd, weight, dsum, fused=True)
+
+
+def add_rms_norm(x, residual, normalized_shape, weight=None, eps=None, *, out=None,
+                 sum_out=None):
+    """``s = x + residual`` and ``y = rms_norm(s)`` in one sweep: returns ``(y, s)``.
+
+    As `add_layer_norm`, with RMSNorm (eps None means ``finfo(x.dtype).eps``).
+
+    Examples
+    --------
+    >>> import numpy as np, fastln
+    >>> y, s = fastln.add_rms_norm(np.array([[1.0, 2.0]]), np.array([[2.0, 2.0]]), 2, eps=0.0)
+    >>> s, y
+    (array([[3., 4.]]), array([[0.84852814, 1.13137085]]))
+    """
+    y, s, _, _ = _forward(x, normalized_shape, weight, None, eps, out, False, rms=True,
+                          residual=residual, sum_out=sum_out, fused=True)
+    return y, s
+
+
+def add_rms_norm_forward(x, residual, normalized_shape, weight=None, eps=None, *, out=None,
+                         sum_out=None):
+    """`add_rms_norm` that also returns rstd of s: ``(y, s, rstd)``."""
+    y, s, _, rstd = _forward(x, normalized_shape, weight, None, eps, out, True, rms=True,
+                             residual=residual, sum_out=sum_out, fused=True)
+    return y, s, rstd
+
+
+def add_rms_norm_backward(dy, s, rstd, weight=None, dsum=None):
+    """Gradients of `add_rms_norm`: ``(ds, dweight)``, ds being the gradient of the sum (of x
+    and of residual) including the incoming `dsum` when given."""
+    ds, dweight, _ = _backward(dy, s, None, rstd, weight, dsum, rms=True, fused=True)
+    return ds, dweight

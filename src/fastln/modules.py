@@ -3,9 +3,9 @@
 import numpy as np
 
 from fastln._ops import (_eps, _float_array, _normalized_shape, layer_norm, layer_norm_backward,
-                         layer_norm_forward)
+                         layer_norm_forward, rms_norm, rms_norm_backward, rms_norm_forward)
 
-__all__ = ["LayerNorm"]
+__all__ = ["LayerNorm", "RMSNorm"]
 
 
 class LayerNorm:
@@ -85,6 +85,69 @@ class LayerNorm:
         """Forget the accumulated gradients."""
         self.grad_weight = None
         self.grad_bias = None
+
+
+class RMSNorm:
+    """Root-mean-square normalization with a learnable weight, like ``torch.nn.RMSNorm``.
+
+    Used like `LayerNorm`: calling normalizes; `forward` keeps what `backward` needs; `backward`
+    returns dx and adds the weight gradient to `grad_weight` until `zero_grad`.
+
+    Parameters
+    ----------
+    normalized_shape : int or tuple of int
+        The trailing dims to normalize over.
+    eps : float or None, optional
+        Added to the mean square; None means ``finfo(x.dtype).eps`` of the input.
+    elementwise_affine : bool, optional
+        Hold a weight (ones); when False it is None.
+    dtype : optional
+        dtype of the weight (float32 by default).
+
+    Examples
+    --------
+    >>> import numpy as np, fastln
+    >>> norm = fastln.RMSNorm(2, eps=0.0)
+    >>> norm(np.array([[3.0, 4.0]], dtype=np.float32))
+    array([[0.8485281, 1.1313709]], dtype=float32)
+    """
+
+    def __init__(self, normalized_shape, eps=None, elementwise_affine=True, dtype=np.float32):
+        self.normalized_shape = _normalized_shape(normalized_shape)
+        self.eps = None if eps is None else _eps(eps)
+        dtype = _float_array("dtype", np.empty(0, dtype)).dtype
+        self.weight = np.ones(self.normalized_shape, dtype) if elementwise_affine else None
+        self.grad_weight = None
+        self._saved = None
+
+    def __repr__(self):
+        return (f"RMSNorm({self.normalized_shape}, eps={self.eps}, "
+                f"elementwise_affine={self.weight is not None})")
+
+    def __call__(self, x, *, out=None):
+        """Return the normalized `x` (writing it to `out` when given)."""
+        return rms_norm(x, self.normalized_shape, self.weight, self.eps, out=out)
+
+    def forward(self, x):
+        """Normalize `x` and keep x and rstd for `backward` (x is kept, not copied)."""
+        y, rstd = rms_norm_forward(x, self.normalized_shape, self.weight, self.eps)
+        self._saved = (x, rstd)
+        return y
+
+    def backward(self, dy):
+        """Return dx for the gradient `dy` of the last `forward`'s output; the weight gradient
+        is added to `grad_weight`."""
+        if self._saved is None:
+            raise RuntimeError("RMSNorm.backward called before forward")
+        x, rstd = self._saved
+        dx, dweight = rms_norm_backward(dy, x, rstd, self.weight)
+        if self.weight is not None:
+            self.grad_weight = _accumulate(self.grad_weight, dweight, self.weight.dtype)
+        return dx
+
+    def zero_grad(self):
+        """Forget the accumulated gradient."""
+        self.grad_weight = None
 
 
 def _accumulate(total, grad, dtype):

@@ -11,6 +11,14 @@ LayerNorm over the last dims of ``x`` (one "row" is everything in those dims, N 
     var  = sum((x - mean)**2) / N            # biased, as PyTorch and ONNX define it
     rstd = 1 / sqrt(var + eps)
     y    = (x - mean) * rstd * weight + bias
+
+RMSNorm::
+
+    rstd = 1 / sqrt(sum(x**2) / N + eps)      # eps None: finfo(x.dtype).eps of the input
+    y    = x * rstd * weight
+
+The fused residual add returns ``s = x + residual`` rounded to x's dtype and normalizes that s,
+as ``layer_norm(x + residual)`` does. float16 and bfloat16 input is computed in float64 too.
 """
 
 import numpy as np
@@ -20,6 +28,16 @@ __all__ = [
     "layer_norm_forward",
     "layer_norm_backward",
     "layer_norm_jacobian",
+    "rms_norm",
+    "rms_norm_forward",
+    "rms_norm_backward",
+    "rms_norm_jacobian",
+    "add_layer_norm",
+    "add_layer_norm_forward",
+    "add_layer_norm_backward",
+    "add_rms_norm",
+    "add_rms_norm_forward",
+    "add_rms_norm_backward",
 ]
 
 
@@ -117,3 +135,111 @@ def layer_norm_jacobian(x, weight=None, eps=1e-5):
     if weight is not None:
         jac = _precise(weight)[:, None] * jac
     return jac
+
+
+def _rms_eps(x, eps):
+    if eps is not None:
+        return eps
+    try:
+        import ml_dtypes
+        return float(ml_dtypes.finfo(np.asarray(x).dtype).eps)
+    except ImportError:
+        return float(np.finfo(np.asarray(x).dtype).eps)
+
+
+def rms_norm_forward(x, normalized_shape, weight=None, eps=None):
+    """Return ``(y, rstd)``; rstd has the shape of x without the normalized dims."""
+    eps = _rms_eps(x, eps)
+    x = _precise(x)
+    axes = _row_axes(x, _normalized_ndim(normalized_shape))
+    rstd = 1.0 / np.sqrt(np.mean(x * x, axis=axes, keepdims=True) + eps)
+    y = x * rstd
+    if weight is not None:
+        y = y * _precise(weight)
+    return y, np.squeeze(rstd, axis=axes)
+
+
+def rms_norm(x, normalized_shape, weight=None, eps=None):
+    """Return y = RMSNorm(x) over the trailing ``normalized_shape`` dims."""
+    return rms_norm_forward(x, normalized_shape, weight, eps)[0]
+
+
+def rms_norm_backward(dy, x, rstd, weight=None):
+    """Return ``(dx, dweight)``: with ``xhat = x * rstd`` and ``g = dy * weight``,
+
+        dx = rstd * (g - xhat * mean(g * xhat))       (mean over each row)
+
+    and ``dweight = sum(dy * xhat)`` over all rows (None when ``weight`` is None). The
+    normalized dims are the last ``x.ndim - rstd.ndim``.
+    """
+    dy, x, rstd = (_precise(a) for a in (dy, x, rstd))
+    axes = _row_axes(x, x.ndim - rstd.ndim)
+    rstd = np.expand_dims(rstd, axes)
+    xhat = x * rstd
+    g = dy if weight is None else dy * _precise(weight)
+    dx = rstd * (g - xhat * np.mean(g * xhat, axis=axes, keepdims=True))
+    dweight = None if weight is None else np.sum(dy * xhat, axis=tuple(range(rstd.ndim -
+                                                                            len(axes))))
+    return dx, dweight
+
+
+def rms_norm_jacobian(x, weight=None, eps=None):
+    """Return the N x N Jacobian of RMSNorm for one row ``x``::
+
+        J[i, j] = weight_i * rstd * (delta_ij - xhat_i * xhat_j / N)
+
+    Unlike LayerNorm's, its rows do not sum to zero: RMSNorm does not ignore a constant shift.
+    """
+    eps = _rms_eps(x, eps)
+    x = _precise(x)
+    if x.ndim != 1:
+        raise ValueError(f"rms_norm_jacobian takes one row (a 1-d array), got shape {x.shape}")
+    n = x.shape[0]
+    xhat, rstd = rms_norm_forward(x, n, eps=eps)
+    jac = rstd * (np.eye(n, dtype=x.dtype) - np.outer(xhat, xhat) / n)
+    if weight is not None:
+        jac = _precise(weight)[:, None] * jac
+    return jac
+
+
+def _sum(x, residual):
+    """x + residual rounded once to x's dtype (the float64 sum of two float32 is exact)."""
+    x = np.asarray(x)
+    return (_precise(x) + _precise(residual)).astype(x.dtype)
+
+
+def add_layer_norm_forward(x, residual, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """Return ``(y, s, mean, rstd)``: s = x + residual in x's dtype, the rest of LayerNorm(s)."""
+    s = _sum(x, residual)
+    y, mean, rstd = layer_norm_forward(s, normalized_shape, weight, bias, eps)
+    return y, s, mean, rstd
+
+
+def add_layer_norm(x, residual, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """Return ``(y, s)`` with s = x + residual (in x's dtype) and y = LayerNorm(s)."""
+    return add_layer_norm_forward(x, residual, normalized_shape, weight, bias, eps)[:2]
+
+
+def add_layer_norm_backward(dy, s, mean, rstd, weight=None, dsum=None):
+    """Return ``(ds, dweight, dbias)``; ds, the gradient of the sum (so of x and of residual),
+    is LayerNorm's dx plus the incoming gradient `dsum` of s when given."""
+    ds, dweight, dbias = layer_norm_backward(dy, s, mean, rstd, weight)
+    return (ds if dsum is None else ds + _precise(dsum)), dweight, dbias
+
+
+def add_rms_norm_forward(x, residual, normalized_shape, weight=None, eps=None):
+    """Return ``(y, s, rstd)``: s = x + residual in x's dtype, y and rstd of RMSNorm(s)."""
+    s = _sum(x, residual)
+    y, rstd = rms_norm_forward(s, normalized_shape, weight, _rms_eps(x, eps))
+    return y, s, rstd
+
+
+def add_rms_norm(x, residual, normalized_shape, weight=None, eps=None):
+    """Return ``(y, s)`` with s = x + residual (in x's dtype) and y = RMSNorm(s)."""
+    return add_rms_norm_forward(x, residual, normalized_shape, weight, eps)[:2]
+
+
+def add_rms_norm_backward(dy, s, rstd, weight=None, dsum=None):
+    """Return ``(ds, dweight)``: RMSNorm's dx plus `dsum` when given, and dweight."""
+    ds, dweight = rms_norm_backward(dy, s, rstd, weight)
+    return (ds if dsum is None else ds + _precise(dsum)), dweight
