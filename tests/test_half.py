@@ -1,0 +1,169 @@
+"""float16 and bfloat16 data: every op within 1 ulp of the correctly rounded float64 result in
+99.9% of elements and within 2 ulps everywhere, statistics in float32, and the dtype rules."""
+
+import numpy as np
+import pytest
+from _helpers import HARD_ROWS
+
+import fastln
+from fastln import _ops, reference
+
+ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 tests need ml_dtypes")
+HALF = [np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)]
+
+
+def _ordered(a):
+    """16-bit patterns as integers in the order of the values they encode."""
+    bits = np.asarray(a).view(np.uint16).astype(np.int32)
+    return np.where(bits & 0x8000, 0x8000 - bits, bits)
+
+
+def assert_ulps(got, want, dtype):
+    """got within 1 ulp of want (float64) rounded to dtype in 99.9% of elements, 2 everywhere."""
+    assert got.dtype == dtype
+    want = np.asarray(want, np.float64).astype(dtype)
+    np.testing.assert_array_equal(np.isnan(got.astype(np.float32)),
+                                  np.isnan(want.astype(np.float32)))
+    ulps = np.abs(_ordered(got) - _ordered(want))
+    assert ulps.max() <= 2, f"{ulps.max()} ulps"
+    assert np.mean(ulps <= 1) >= 0.999, f"{np.mean(ulps > 1):.2%} beyond 1 ulp"
+
+
+def _rows(rng, dtype):
+    """Random rows and the ANCHORS hard rows scaled to the dtype's range: float16 cannot hold
+    1e4 + randn's spread, so its hard rows keep ~the ratio of mean to spread it can resolve."""
+    rows = [("randn", 0.0, 1.0, 1024), ("3+randn", 3.0, 1.0, 768)]
+    if dtype == np.float16:
+        rows += [("300+randn", 300.0, 1.0, 1024), ("1000+4randn", 1000.0, 4.0, 768),
+                 ("2e4+64randn", 2e4, 64.0, 1024)]        # |x| > 256: squares beyond float16
+    else:
+        rows += [(name, offset, spread * offset / 64, n) for name, offset, spread, n in HARD_ROWS]
+    return [(name, (offset + spread * rng.standard_normal((16, n))).astype(dtype))
+            for name, offset, spread, n in rows]
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+def test_forward_ops_within_ulps(rng, simd_path, dtype):
+    for name, x in _rows(rng, dtype):
+        n = x.shape[-1]
+        r = (0.5 * rng.standard_normal(x.shape)).astype(dtype)
+        w = rng.standard_normal(n).astype(np.float32)
+        b = rng.standard_normal(n).astype(dtype)
+        y, mean, rstd = fastln.layer_norm_forward(x, n, w, b)
+        assert mean.dtype == rstd.dtype == np.float32
+        y_ref, mean_ref, rstd_ref = reference.layer_norm_forward(x, n, w, b)
+        assert_ulps(y, y_ref, dtype)
+        np.testing.assert_allclose(rstd, rstd_ref, rtol=1e-6, err_msg=name)
+        y, rstd = fastln.rms_norm_forward(x, n, w)
+        assert rstd.dtype == np.float32
+        assert_ulps(y, reference.rms_norm(x, n, w), dtype)
+        y, s = fastln.add_layer_norm(x, r, n, w, b)
+        y_ref, s_ref = reference.add_layer_norm(x, r, n, w, b)
+        np.testing.assert_array_equal(s, s_ref)
+        assert_ulps(y, y_ref, dtype)
+        y, s = fastln.add_rms_norm(x, r, n, w)
+        assert_ulps(y, reference.add_rms_norm(x, r, n, w)[0], dtype)
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+def test_backward_ops_within_ulps(rng, simd_path, dtype):
+    for name, x in _rows(rng, dtype)[:3]:
+        n = x.shape[-1]
+        dy, dsum = (rng.standard_normal(x.shape).astype(dtype) for _ in range(2))
+        w = rng.standard_normal(n).astype(dtype)
+        _, mean, rstd = fastln.layer_norm_forward(x, n, w)
+        dx, dw, db = fastln.layer_norm_backward(dy, x, mean, rstd, w)
+        dx_ref, dw_ref, db_ref = reference.layer_norm_backward(dy, x, mean, rstd, w)
+        assert_ulps(dx, dx_ref, dtype)
+        assert dw.dtype == db.dtype == dtype              # the weight's dtype
+        assert_ulps(dw, dw_ref, dtype)
+        assert_ulps(db, db_ref, dtype)
+        ds, _, _ = fastln.add_layer_norm_backward(dy, x, mean, rstd, w, dsum)
+        assert_ulps(ds, reference.add_layer_norm_backward(dy, x, mean, rstd, w, dsum)[0], dtype)
+        _, rstd = fastln.rms_norm_forward(x, n)
+        dx, dw = fastln.rms_norm_backward(dy, x, rstd)
+        assert dw is None
+        assert_ulps(dx, reference.rms_norm_backward(dy, x, rstd)[0], dtype)
+        ds, dw = fastln.add_rms_norm_backward(dy, x, rstd, w.astype(np.float32), dsum)
+        assert dw.dtype == np.float32
+        assert_ulps(ds, reference.add_rms_norm_backward(dy, x, rstd, w, dsum)[0], dtype)
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+def test_half_bit_identical_across_threads(rng, threads, dtype):
+    fastln._cpu.min_parallel_elements(0)
+    try:
+        x, dy = (rng.standard_normal((200, 300)).astype(dtype) for _ in range(2))
+        results = []
+        for n in (1, 2, 3):
+            threads(n)
+            y, mean, rstd = fastln.layer_norm_forward(x, 300)
+            results.append((y, mean, rstd, *fastln.layer_norm_backward(dy, x, mean, rstd)[::2]))
+        for other in results[1:]:
+            for a, b in zip(results[0], other):
+                np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+    finally:
+        fastln._cpu.min_parallel_elements(32768)
+
+
+def test_conversions_round_to_nearest_even(simd_path):
+    """The kernels widen every 16-bit value exactly and narrow float32 like NumPy and ml_dtypes
+    (nearest, ties to even), overflow, subnormals, inf and NaN included."""
+    rng = np.random.default_rng(0)
+    for dtype in HALF:
+        values = np.arange(1 << 16, dtype=np.uint16).view(dtype)
+        x = values[np.isfinite(values.astype(np.float32))].reshape(1, -1)
+        _, s = fastln.add_rms_norm(x, np.zeros_like(x), x.size)       # s = x + 0 round trip
+        np.testing.assert_array_equal(s.astype(np.float32), x.astype(np.float32))
+        exps = rng.integers(-30, 20, 4096).astype(np.float32)
+        wide = rng.standard_normal(4096).astype(np.float32) * np.float32(2.0) ** exps
+        finite = x.ravel()[::16].astype(np.float32)
+        ulp = np.spacing(finite.astype(dtype)).astype(np.float32)
+        ties = finite + ulp / 2                                   # exact midpoints
+        f32 = np.concatenate([wide, ties, finite + ulp / 3, [np.nan, np.inf, -np.inf, 7e4, -7e4,
+                                                          65519.0, 65520.0, 1e-8, -3e-8]])
+        f32 = f32.astype(np.float32)
+        want = f32.astype(dtype)
+        got = _narrow_via_kernels(f32, dtype)
+        nan = np.isnan(want.astype(np.float32))
+        np.testing.assert_array_equal(np.isnan(got.astype(np.float32)), nan)
+        np.testing.assert_array_equal(got.view(np.uint16)[~nan], want.view(np.uint16)[~nan])
+
+
+def _narrow_via_kernels(f32, dtype):
+    """f32 rounded to dtype by the kernels: RMSNorm of a row of ones with eps 0 has rstd 1, so
+    y = weight, rounded once to dtype on output."""
+    out = np.empty(f32.size, dtype)
+    fastln._cpu.norm_forward(_ops._kind(np.dtype(dtype)), np.ones(f32.size, dtype), None,
+                             np.ascontiguousarray(f32), None, None, out, None, None, 0.0, True)
+    return out
+
+
+def test_dtype_rules(rng):
+    x16 = rng.standard_normal((2, 8)).astype(np.float16)
+    x64 = rng.standard_normal((2, 8))
+    with pytest.raises(TypeError, match="weight has dtype float16 but x is float64"):
+        fastln.layer_norm(x64, 8, np.ones(8, np.float16))
+    with pytest.raises(TypeError, match="bias has dtype float64 but x is float16; for float16 "
+                                        "data bias must be float32 or float16"):
+        fastln.layer_norm(x16, 8, None, np.zeros(8))
+    with pytest.raises(TypeError, match="weight has dtype bfloat16 but x is float16"):
+        fastln.rms_norm(x16, 8, np.ones(8, ml_dtypes.bfloat16))
+    with pytest.raises(TypeError, match="residual must have the dtype of x"):
+        fastln.add_layer_norm(x16, x16.astype(ml_dtypes.bfloat16), 8)
+    with pytest.raises(TypeError, match="dy must have the dtype of x"):
+        _, mean, rstd = fastln.layer_norm_forward(x16, 8)
+        fastln.layer_norm_backward(x16.astype(np.float32), x16, mean, rstd)
+    y = fastln.layer_norm(x16, 8, [1.0] * 8, 0.0 * np.ones(8, np.float16))   # lists are fine
+    assert y.dtype == np.float16
+
+
+def test_bfloat16_without_ml_dtypes_says_what_to_install(monkeypatch):
+    monkeypatch.setattr(_ops, "_ml_dtypes", lambda: None)
+    with pytest.raises(ImportError, match="pip install ml_dtypes"):
+        fastln.bfloat16
+    assert fastln.layer_norm(np.ones((1, 4), np.float16), 4).dtype == np.float16
+
+
+def test_fastln_bfloat16_is_ml_dtypes():
+    assert fastln.bfloat16 == np.dtype(ml_dtypes.bfloat16)
