@@ -43,8 +43,13 @@ def test_check_passes():
     r = run_cli("check")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr
     header = r.stdout.splitlines()[0].split()
-    assert header == ["case", "dtype", "path", "err_y", "err_dx", "err_dw", "err_db", "tol", "ok"]
+    assert header == ["op", "case", "dtype", "path", "err_y", "err_dx", "err_dw", "err_db", "tol",
+                      "ok"]
     assert "1e5+randn" in r.stdout and "threads 1 vs 2" in r.stdout
+    for op in ("layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm"):
+        for dtype in ("float32", "float64", "float16", "bfloat16"):
+            assert any(line.split()[:1] == [op] and f" {dtype} " in line
+                       for line in r.stdout.splitlines()), (op, dtype)
     assert "FAIL" not in r.stdout
     assert "passed" in r.stdout.splitlines()[-1]
 

@@ -1,8 +1,9 @@
 """The self-check behind ``python -m fastln check``: fastln against fastln.reference.
 
-A battery of awkward shapes and hard rows (large means, constant rows), run for both dtypes on
-every SIMD path this CPU supports, plus a test that 1 and 2 threads give the same bits. Tests
-reuse `cases` and `rel_err`.
+A battery of awkward shapes and hard rows (large means, constant rows), run for every op
+(LayerNorm, RMSNorm, and each with the fused residual add) and every dtype (float32, float64,
+float16, and bfloat16 where ml_dtypes is installed) on every SIMD path this CPU supports, plus a
+test that 1 and 2 threads give the same bits. Tests reuse `cases` and `rel_err`.
 """
 
 import sys
@@ -14,6 +15,19 @@ import fastln
 from fastln import _cpu, reference
 
 TOLERANCE = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-12}
+OPS = ("layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm")
+
+
+def _tolerances():
+    """Relative error allowed per dtype: the float32/float64 bars, and one ulp of the largest
+    output (rounding alone costs half) for the 16-bit types."""
+    tol = dict(TOLERANCE)
+    tol[np.dtype(np.float16)] = float(np.finfo(np.float16).eps)
+    try:
+        tol[fastln._ops.bfloat16_dtype()] = 2.0 ** -7
+    except ImportError:
+        pass
+    return tol
 
 # A reference computed in longdouble, where that is more precise than float64 (x86-64 Linux).
 _LONGDOUBLE = np.finfo(np.longdouble).eps < np.finfo(np.float64).eps
@@ -29,6 +43,7 @@ class Case:
 
 @dataclass
 class Result:
+    op: str
     case: str
     dtype: str
     path: str
@@ -63,75 +78,119 @@ def cases(seed=0):
     yield Case("constant rows 5x1024 w,b", const, affine=True, offset=True)
 
 
-def rel_err(got, ref):
-    """max|got - ref| / max|ref| (the absolute error where ref is all zero); nan if got is None."""
+def rel_err(got, ref, scale=0.0):
+    """max|got - ref| / max(max|ref|, scale) (the absolute error where both are zero); nan if
+    got is None."""
     if got is None:
         return float("nan")
     ref = np.asarray(ref)
     diff = np.max(np.abs(np.asarray(got, dtype=ref.dtype) - ref))
-    scale = np.max(np.abs(ref))
+    scale = max(np.max(np.abs(ref)), scale)
     return float(diff / scale if scale > 0 else diff)
 
 
-def _inputs(case, dtype, rng):
-    """(x, weight, bias, dy) in `dtype`, and the reference (y, dx, dw, db) of those same values."""
+def _inputs(op, case, dtype, rng):
+    """(x, residual, weight, bias, dy) in `dtype` (16-bit: weight float32, bias the dtype), and
+    the reference (y, dx, dw, db) of those same values; dx is the gradient of the sum for the
+    fused ops, whose incoming dsum is the residual. Last, the scale dx's error is measured
+    against: at least max|rstd * dy * w|, the size of the terms dx is the difference of (RMSNorm
+    of one value, where dx is all cancellation, would otherwise fail every implementation)."""
     n = case.x.shape[-1]
+    half = dtype.itemsize == 2
     x = case.x.astype(dtype)
     w = b = None
     if case.affine:
-        w = rng.standard_normal(n).astype(dtype)
+        w = rng.standard_normal(n).astype(np.float32 if half else dtype)
         b = rng.standard_normal(n).astype(dtype)
+    r = rng.standard_normal(x.shape).astype(dtype)
     dy = rng.standard_normal(x.shape).astype(dtype)
+    fused, rms = op.startswith("add_"), op.endswith("rms_norm")
+    s = reference._sum(x, r) if fused else x         # the sum, rounded to dtype as fastln does
     precise = np.longdouble if (dtype == np.float64 and case.offset and _LONGDOUBLE) else np.float64
-    xr, dyr = x.astype(precise), dy.astype(precise)
+    sr, dyr = s.astype(precise), dy.astype(precise)
     wr = None if w is None else w.astype(precise)
     br = None if b is None else b.astype(precise)
-    y, mean, rstd = reference.layer_norm_forward(xr, n, wr, br)
-    dx, dw, db = reference.layer_norm_backward(dyr, xr, mean, rstd, wr)
-    return (x, w, b, dy), (y, dx, dw, db)
+    if rms:
+        y, rstd = reference.rms_norm_forward(sr, n, wr, reference._rms_eps(x, None))
+        dx, dw = reference.rms_norm_backward(dyr, sr, rstd, wr)
+        db = None
+    else:
+        y, mean, rstd = reference.layer_norm_forward(sr, n, wr, br)
+        dx, dw, db = reference.layer_norm_backward(dyr, sr, mean, rstd, wr)
+    lead = rstd.reshape(rstd.shape + (1,))
+    dx_scale = float(np.max(np.abs(dyr * lead * (1 if wr is None else wr))))
+    if fused:
+        dx = dx + r.astype(precise)
+    return (x, r, w, b, dy), (y, dx, dw, db), dx_scale
 
 
-def _fastln(x, w, b, dy):
+def _fastln(op, x, r, w, b, dy):
     # Looked up on the package at call time, so a test can swap in a broken kernel.
-    y, mean, rstd = fastln.layer_norm_forward(x, x.shape[-1], w, b)
-    dx, dw, db = fastln.layer_norm_backward(dy, x, mean, rstd, w)
-    return y, dx, dw, db
+    n = x.shape[-1]
+    if op == "layer_norm":
+        y, mean, rstd = fastln.layer_norm_forward(x, n, w, b)
+        return (y, *fastln.layer_norm_backward(dy, x, mean, rstd, w))
+    if op == "rms_norm":
+        y, rstd = fastln.rms_norm_forward(x, n, w)
+        return (y, *fastln.rms_norm_backward(dy, x, rstd, w), None)
+    if op == "add_layer_norm":
+        y, s, mean, rstd = fastln.add_layer_norm_forward(x, r, n, w, b)
+        return (y, *fastln.add_layer_norm_backward(dy, s, mean, rstd, w, r))
+    y, s, rstd = fastln.add_rms_norm_forward(x, r, n, w)
+    return (y, *fastln.add_rms_norm_backward(dy, s, rstd, w, r), None)
 
 
 def _accuracy(paths, seed):
     rng = np.random.default_rng(seed + 1)
+    tolerances = _tolerances()
     for case in cases(seed):
-        for dtype in TOLERANCE:
-            inputs, ref = _inputs(case, np.dtype(dtype), rng)
-            tol = TOLERANCE[np.dtype(dtype)]
-            for path in paths:
-                _cpu.use_simd_path(path)
-                got = _fastln(*inputs)
-                errs = [rel_err(g, r) for g, r in zip(got, ref)]
-                # No weight, no dweight: that one error is nan by design; any other nan fails.
-                checked = [e for i, e in enumerate(errs) if not (i == 2 and ref[2] is None)]
-                ok = all(e <= tol for e in checked) and (got[2] is None) == (ref[2] is None)
-                yield Result(case.name, np.dtype(dtype).name, path, *errs, tol, ok)
+        for op in OPS:
+            for dtype, tol in tolerances.items():
+                if np.abs(case.x).max() > float(_finfo(dtype).max) / 2:
+                    continue                       # 1e5 + randn is beyond float16
+                inputs, ref, dx_scale = _inputs(op, case, dtype, rng)
+                for path in paths:
+                    _cpu.use_simd_path(path)
+                    got = _fastln(op, *inputs)
+                    errs = [rel_err(g, r, dx_scale if i == 1 else 0.0)
+                            for i, (g, r) in enumerate(zip(got, ref))]
+                    # No weight (or RMSNorm's bias): no gradient; that error is nan by design.
+                    checked = [e for e, r in zip(errs, ref) if r is not None]
+                    ok = (all(e <= tol for e in checked)
+                          and all((g is None) == (r is None) for g, r in zip(got, ref)))
+                    yield Result(op, case.name, dtype.name, path, *errs, tol, ok)
+
+
+def _finfo(dtype):
+    try:
+        return np.finfo(dtype)
+    except ValueError:                              # bfloat16: ml_dtypes' own finfo
+        import ml_dtypes
+        return ml_dtypes.finfo(dtype)
 
 
 def _determinism(paths, shape=(4096, 1024), seed=0):
     """1 and 2 threads must give the same bits (errors here are max |difference|)."""
     rng = np.random.default_rng(seed + 2)
-    x64 = rng.standard_normal(shape) + 3.0
-    w64, b64, dy64 = (rng.standard_normal(shape[-1]), rng.standard_normal(shape[-1]),
-                      rng.standard_normal(shape))
-    for dtype in TOLERANCE:
-        x, w, b, dy = (a.astype(dtype) for a in (x64, w64, b64, dy64))
-        for path in paths:
-            _cpu.use_simd_path(path)
-            runs = []
-            for threads in (1, 2):
-                fastln.set_num_threads(threads)
-                runs.append(_fastln(x, w, b, dy))
-            diffs = [float(np.max(np.abs(r1 - r2))) for r1, r2 in zip(*runs)]
-            same = all(np.array_equal(r1, r2) for r1, r2 in zip(*runs))
-            yield Result(f"threads 1 vs 2 {shape[0]}x{shape[1]}", np.dtype(dtype).name, path,
-                         *diffs, 0.0, same)
+    x64, r64, dy64 = (rng.standard_normal(shape) + 3.0 for _ in range(3))
+    w64, b64 = rng.standard_normal(shape[-1]), rng.standard_normal(shape[-1])
+    for op in OPS:
+        for dtype in _tolerances():
+            x, r, dy = (a.astype(dtype) for a in (x64, r64, dy64))
+            w = w64.astype(np.float32 if dtype.itemsize == 2 else dtype)
+            b = b64.astype(dtype)
+            for path in paths:
+                _cpu.use_simd_path(path)
+                runs = []
+                for threads in (1, 2):
+                    fastln.set_num_threads(threads)
+                    runs.append([np.asarray(a, np.float64) for a in _fastln(op, x, r, w, b, dy)
+                                 if a is not None])
+                diffs = [float(np.max(np.abs(r1 - r2))) for r1, r2 in zip(*runs)]
+                diffs += [float("nan")] * (4 - len(diffs))
+                same = all(np.array_equal(r1, r2) for r1, r2 in zip(*runs))
+                yield Result(op, f"threads 1 vs 2 {shape[0]}x{shape[1]}", dtype.name, path,
+                             *diffs, 0.0, same)
 
 
 def run_checks(paths=None, seed=0):
@@ -156,8 +215,8 @@ def _fmt(e):
 
 
 def format_table(results, failures_only=False):
-    head = ("case", "dtype", "path", "err_y", "err_dx", "err_dw", "err_db", "tol", "ok")
-    rows = [(r.case, r.dtype, r.path, _fmt(r.err_y), _fmt(r.err_dx), _fmt(r.err_dw),
+    head = ("op", "case", "dtype", "path", "err_y", "err_dx", "err_dw", "err_db", "tol", "ok")
+    rows = [(r.op, r.case, r.dtype, r.path, _fmt(r.err_y), _fmt(r.err_dx), _fmt(r.err_dw),
              _fmt(r.err_db), f"{r.tol:.0e}" if r.tol else "bits", "ok" if r.ok else "FAIL")
             for r in results if not (failures_only and r.ok)]
     if not rows:
