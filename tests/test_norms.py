@@ -34,6 +34,12 @@ def test_rms_norm_matches_reference(rng, simd_path, shape, nshape, dtype):
         assert_close(y, y_ref, dtype)
         assert_close(rstd, rstd_ref, dtype)
         np.testing.assert_array_equal(fastln.rms_norm(x, nshape, weight), y)
+        out = np.full_like(x, np.nan)
+        assert fastln.rms_norm(x, nshape, weight, out=out) is out
+        np.testing.assert_array_equal(out, y)
+        xc = x.copy()
+        fastln.rms_norm(xc, nshape, weight, out=xc)                 # in place
+        np.testing.assert_array_equal(xc, y)
         dx, dw = fastln.rms_norm_backward(dy, x, rstd, weight)
         dx_ref, dw_ref = reference.rms_norm_backward(precise(dy), precise(x), rstd_ref, weight)
         assert_close(dx, dx_ref, dtype)

@@ -311,7 +311,7 @@ def _output(out, x, w, b, name="out", same_ok=None, apart=None):
         result = _fresh(x)
         return result, result, None
     if (same_ok is None and apart is None and isinstance(out, np.ndarray)
-            and _cpu.can_write(out, x, w, b)):
+            and _cpu.can_write(out, x, w, *(() if b is None else (b,)))):
         return out, out, None                # the usual case, recognised in one call
     shape, dtype = x.shape, x.dtype
     if not isinstance(out, np.ndarray):
