@@ -29,6 +29,14 @@ def assert_ulps(got, want, dtype):
     assert np.mean(ulps <= 1) >= 0.999, f"{np.mean(ulps > 1):.2%} beyond 1 ulp"
 
 
+def assert_rounded(got, want, dtype):
+    """got within one ulp of max|want| of want: what rounding a sum of float32 terms to dtype
+    allows when it cancels."""
+    want = np.asarray(want, np.float64)
+    err = np.abs(got.astype(np.float64) - want).max()
+    assert err <= float(np.spacing(dtype.type(np.abs(want).max()))), err
+
+
 def _rows(rng, dtype):
     """Random rows and the ANCHORS hard rows scaled to the dtype's range: float16 cannot hold
     1e4 + randn's spread, so its hard rows keep ~the ratio of mean to spread it can resolve."""
@@ -76,8 +84,9 @@ def test_backward_ops_within_ulps(rng, simd_path, dtype):
         dx_ref, dw_ref, db_ref = reference.layer_norm_backward(dy, x, mean, rstd, w)
         assert_ulps(dx, dx_ref, dtype)
         assert dw.dtype == db.dtype == dtype              # the weight's dtype
-        assert_ulps(dw, dw_ref, dtype)
-        assert_ulps(db, db_ref, dtype)
+        # Sums over rows can cancel to values far below their terms: judged against the largest
+        assert_rounded(dw, dw_ref, dtype)
+        assert_rounded(db, db_ref, dtype)
         ds, _, _ = fastln.add_layer_norm_backward(dy, x, mean, rstd, w, dsum)
         assert_ulps(ds, reference.add_layer_norm_backward(dy, x, mean, rstd, w, dsum)[0], dtype)
         _, rstd = fastln.rms_norm_forward(x, n)

@@ -10,9 +10,9 @@ import os
 import warnings
 
 cimport numpy as cnp
-from cython.parallel cimport prange, threadid
+from cython.parallel cimport prange
 from libc.stdint cimport uint16_t
-from libc.stdlib cimport calloc, free, malloc
+from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 
 from fastln._openmp cimport FASTLN_OPENMP, omp_get_max_threads
@@ -34,20 +34,24 @@ cdef extern from "_rows.h" nogil:
                                Py_ssize_t, Py_ssize_t, int) noexcept nogil
     ctypedef void (*sum_f32_t)(double *, Py_ssize_t, Py_ssize_t, float *) noexcept nogil
     ctypedef void (*sum_f64_t)(double *, Py_ssize_t, Py_ssize_t, double *) noexcept nogil
-    ctypedef void (*widen_t)(const uint16_t *, float *, Py_ssize_t) noexcept nogil
-    ctypedef void (*narrow_t)(const float *, uint16_t *, Py_ssize_t) noexcept nogil
+    ctypedef void (*fastln_fwd_half)(const uint16_t *, const uint16_t *, const float *, const float *,
+                                uint16_t *, uint16_t *, float *, float *, Py_ssize_t,
+                                Py_ssize_t, double, int) noexcept nogil
+    ctypedef void (*fastln_bwd_half)(const uint16_t *, const uint16_t *, const float *,
+                                const float *, const float *, const uint16_t *, uint16_t *,
+                                double *, double *, Py_ssize_t, Py_ssize_t, int) noexcept nogil
     ctypedef struct fastln_kernels:
         const char *name
         fwd_f32_t norm_fwd_f32
         fwd_f64_t norm_fwd_f64
+        fastln_fwd_half norm_fwd_f16
+        fastln_fwd_half norm_fwd_bf16
         bwd_f32_t norm_bwd_f32
         bwd_f64_t norm_bwd_f64
+        fastln_bwd_half norm_bwd_f16
+        fastln_bwd_half norm_bwd_bf16
         sum_f32_t sum_blocks_f32
         sum_f64_t sum_blocks_f64
-        widen_t f16_to_f32
-        narrow_t f32_to_f16
-        widen_t bf16_to_f32
-        narrow_t f32_to_bf16
     const fastln_kernels fastln_paths[]
     int FASTLN_NPATHS
     int fastln_path_supported(int i)
@@ -205,40 +209,19 @@ cdef inline char *_data(object a):
     return NULL if a is None else <char *>cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
-# The data kinds the kernels take (fastln._ops passes one). float16 and bfloat16 rows are
-# widened a chunk at a time into float32 scratch, run through the float32 kernels and narrowed
-# back; their weight, bias, statistics and weight gradients are float32.
+# The data kinds the kernels take (fastln._ops passes one). float16 and bfloat16 data is widened
+# to float32 as the kernels load it and rounded as they store it; its weight, bias, statistics
+# and weight gradients are float32.
 cdef enum:
     KIND_F32 = 0
     KIND_F64 = 1
     KIND_F16 = 2
     KIND_BF16 = 3
 KINDS = {"float32": KIND_F32, "float64": KIND_F64, "float16": KIND_F16, "bfloat16": KIND_BF16}
-# Elements per chunk of 16-bit rows (whole rows, at least one): a few scratch arrays of this
-# size stay in the core's L1/L2 cache.
-cdef Py_ssize_t HALF_CHUNK_ELEMS = 4096
 
 
 cdef inline Py_ssize_t _itemsize(int kind) noexcept nogil:
     return 8 if kind == KIND_F64 else 4 if kind == KIND_F32 else 2
-
-
-cdef inline Py_ssize_t _half_chunk(Py_ssize_t n) noexcept nogil:
-    return max(1, HALF_CHUNK_ELEMS // n)
-
-
-cdef inline void _widen(int kind, char *src, float *dst, Py_ssize_t count) noexcept nogil:
-    if kind == KIND_F16:
-        fastln_current.f16_to_f32(<uint16_t *>src, dst, count)
-    else:
-        fastln_current.bf16_to_f32(<uint16_t *>src, dst, count)
-
-
-cdef inline void _narrow(int kind, float *src, char *dst, Py_ssize_t count) noexcept nogil:
-    if kind == KIND_F16:
-        fastln_current.f32_to_f16(src, <uint16_t *>dst, count)
-    else:
-        fastln_current.f32_to_bf16(src, <uint16_t *>dst, count)
 
 
 cdef inline char *_at(char *p, Py_ssize_t offset) noexcept nogil:
@@ -260,58 +243,26 @@ cdef struct FwdArgs:
     double eps
 
 
-cdef void _fwd_rows(const FwdArgs *a, Py_ssize_t r0, Py_ssize_t r1, float *scratch) noexcept nogil:
-    """Forward of rows [r0, r1). 16-bit rows go through `scratch` (2 chunks of float32)."""
-    cdef Py_ssize_t n = a.n, size = _itemsize(a.kind)
-    cdef Py_ssize_t off = r0 * n * size, stat = r0 * (8 if a.kind == KIND_F64 else 4)
-    cdef Py_ssize_t c0, c1, count, i
-    cdef float *u
-    cdef float *v
+cdef void _fwd_rows(const FwdArgs *a, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    """Forward of rows [r0, r1)."""
+    cdef Py_ssize_t n = a.n
+    cdef Py_ssize_t off = r0 * n * _itemsize(a.kind), stat = r0 * (8 if a.kind == KIND_F64 else 4)
+    cdef fastln_fwd_half half
     if a.kind == KIND_F64:
         fastln_current.norm_fwd_f64(<double *>(a.x + off), <double *>_at(a.r, off),
                                     <double *>a.w, <double *>a.b, <double *>_at(a.s, off),
                                     <double *>(a.y + off), <double *>_at(a.mean, stat),
                                     <double *>_at(a.rstd, stat), r1 - r0, n, a.eps, a.flags)
-        return
-    if a.kind == KIND_F32:
+    elif a.kind == KIND_F32:
         fastln_current.norm_fwd_f32(<float *>(a.x + off), <float *>_at(a.r, off),
                                     <float *>a.w, <float *>a.b, <float *>_at(a.s, off),
                                     <float *>(a.y + off), <float *>_at(a.mean, stat),
                                     <float *>_at(a.rstd, stat), r1 - r0, n, a.eps, a.flags)
-        return
-    # 16-bit: widen, (add, round the sum to 16 bits and widen it again), normalize, narrow.
-    u = scratch
-    v = scratch + _half_chunk(n) * n
-    c0 = r0
-    while c0 < r1:
-        c1 = min(r1, c0 + _half_chunk(n))
-        count = (c1 - c0) * n
-        off = c0 * n * size
-        stat = c0 * 4
-        _widen(a.kind, a.x + off, u, count)
-        if a.r != NULL:
-            _widen(a.kind, a.r + off, v, count)
-            for i in range(count):
-                u[i] = u[i] + v[i]
-            _narrow(a.kind, u, a.s + off, count)
-            _widen(a.kind, a.s + off, u, count)
-        fastln_current.norm_fwd_f32(u, NULL, <float *>a.w, <float *>a.b, NULL, u,
-                                    <float *>_at(a.mean, stat), <float *>_at(a.rstd, stat),
-                                    c1 - c0, n, a.eps, a.flags & ~FASTLN_STREAM)
-        _narrow(a.kind, u, a.y + off, count)
-        c0 = c1
-
-
-cdef float *_scratch(int kind, Py_ssize_t n, int arrays, int nthreads) except? NULL:
-    """`arrays` chunks of float32 scratch per thread for 16-bit data; NULL for other kinds."""
-    cdef size_t nbytes
-    if kind == KIND_F32 or kind == KIND_F64:
-        return NULL
-    nbytes = <size_t>nthreads * arrays * _half_chunk(n) * n * sizeof(float)
-    cdef float *p = <float *>malloc(nbytes)
-    if p == NULL:
-        raise MemoryError(f"cannot allocate {nbytes} bytes of scratch")
-    return p
+    else:
+        half = fastln_current.norm_fwd_f16 if a.kind == KIND_F16 else fastln_current.norm_fwd_bf16
+        half(<uint16_t *>(a.x + off), <uint16_t *>_at(a.r, off), <float *>a.w, <float *>a.b,
+             <uint16_t *>_at(a.s, off), <uint16_t *>(a.y + off), <float *>_at(a.mean, stat),
+             <float *>_at(a.rstd, stat), r1 - r0, n, a.eps, a.flags)
 
 
 def norm_forward(int kind, cnp.ndarray x, object r, cnp.ndarray w, object b, object s,
@@ -343,18 +294,13 @@ def norm_forward(int kind, cnp.ndarray x, object r, cnp.ndarray w, object b, obj
     cdef Py_ssize_t block = _block_rows(rows, n, BLOCK_ELEMS, max(rows, 1))
     cdef Py_ssize_t nblocks = _ceil_div(rows, block)
     cdef int nthreads = _threads_for(rows * n, nblocks)
-    cdef float *scratch = _scratch(kind, n, 2, nthreads)
-    cdef Py_ssize_t per_thread = 2 * _half_chunk(n) * n, blk
-    try:
-        with nogil:
-            if nthreads == 1:
-                _fwd_rows(&a, 0, rows, scratch)
-            else:
-                for blk in prange(nblocks, num_threads=nthreads, schedule="static"):
-                    _fwd_rows(&a, blk * block, min(rows, (blk + 1) * block),
-                              <float *>_at(<char *>scratch, threadid() * per_thread * 4))
-    finally:
-        free(scratch)
+    cdef Py_ssize_t blk
+    with nogil:
+        if nthreads == 1:
+            _fwd_rows(&a, 0, rows)
+        else:
+            for blk in prange(nblocks, num_threads=nthreads, schedule="static"):
+                _fwd_rows(&a, blk * block, min(rows, (blk + 1) * block))
 
 
 cdef struct BwdArgs:
@@ -374,48 +320,32 @@ cdef struct BwdArgs:
     Py_ssize_t nblocks
 
 
-cdef void _bwd_block(const BwdArgs *a, Py_ssize_t blk, float *scratch) noexcept nogil:
-    """Backward of block `blk`: its dx rows, and its dweight/dbias partials in `parts`.
-    16-bit rows go through `scratch` (4 chunks of float32)."""
-    cdef Py_ssize_t n = a.n, size = _itemsize(a.kind)
+cdef void _bwd_block(const BwdArgs *a, Py_ssize_t blk) noexcept nogil:
+    """Backward of block `blk`: its dx rows, and its dweight/dbias partials in `parts`."""
+    cdef Py_ssize_t n = a.n
     cdef Py_ssize_t r0 = blk * a.block
     cdef Py_ssize_t r1 = min(a.rows, r0 + a.block)
-    cdef Py_ssize_t off = r0 * n * size, stat = r0 * (8 if a.kind == KIND_F64 else 4)
+    cdef Py_ssize_t off = r0 * n * _itemsize(a.kind), stat = r0 * (8 if a.kind == KIND_F64 else 4)
     cdef double *dw_part = a.parts + blk * n
     cdef double *db_part = a.parts + (a.nblocks + blk) * n
-    cdef Py_ssize_t c0, c1, count, chunk
+    cdef fastln_bwd_half half
     if a.kind == KIND_F64:
         fastln_current.norm_bwd_f64(<double *>(a.dy + off), <double *>(a.x + off),
                                     <double *>_at(a.mean, stat), <double *>(a.rstd + stat),
                                     <double *>a.w, <double *>_at(a.ds, off),
                                     <double *>(a.dx + off), dw_part, db_part, r1 - r0, n,
                                     a.flags)
-        return
-    if a.kind == KIND_F32:
+    elif a.kind == KIND_F32:
         fastln_current.norm_bwd_f32(<float *>(a.dy + off), <float *>(a.x + off),
                                     <float *>_at(a.mean, stat), <float *>(a.rstd + stat),
                                     <float *>a.w, <float *>_at(a.ds, off),
                                     <float *>(a.dx + off), dw_part, db_part, r1 - r0, n,
                                     a.flags)
-        return
-    chunk = _half_chunk(n) * n
-    c0 = r0
-    while c0 < r1:
-        c1 = min(r1, c0 + _half_chunk(n))
-        count = (c1 - c0) * n
-        off = c0 * n * size
-        stat = c0 * 4
-        _widen(a.kind, a.dy + off, scratch, count)
-        _widen(a.kind, a.x + off, scratch + chunk, count)
-        if a.ds != NULL:
-            _widen(a.kind, a.ds + off, scratch + 2 * chunk, count)
-        fastln_current.norm_bwd_f32(scratch, scratch + chunk, <float *>_at(a.mean, stat),
-                                    <float *>(a.rstd + stat), <float *>a.w,
-                                    NULL if a.ds == NULL else scratch + 2 * chunk,
-                                    scratch + 3 * chunk, dw_part, db_part, c1 - c0, n,
-                                    a.flags & ~FASTLN_STREAM)
-        _narrow(a.kind, scratch + 3 * chunk, a.dx + off, count)
-        c0 = c1
+    else:
+        half = fastln_current.norm_bwd_f16 if a.kind == KIND_F16 else fastln_current.norm_bwd_bf16
+        half(<uint16_t *>(a.dy + off), <uint16_t *>(a.x + off), <float *>_at(a.mean, stat),
+             <float *>(a.rstd + stat), <float *>a.w, <uint16_t *>_at(a.ds, off),
+             <uint16_t *>(a.dx + off), dw_part, db_part, r1 - r0, n, a.flags)
 
 
 cdef void _sum_blocks(int kind, double *parts, Py_ssize_t nblocks, Py_ssize_t n,
@@ -458,8 +388,7 @@ def norm_backward(int kind, cnp.ndarray dy, cnp.ndarray x, object mean, cnp.ndar
     a.block = _block_rows(rows, n, BWD_BLOCK_ELEMS, MAX_BWD_BLOCKS)
     a.nblocks = _ceil_div(rows, a.block)
     cdef int nthreads = _threads_for(rows * n, a.nblocks)
-    cdef Py_ssize_t blk, per_thread = 4 * _half_chunk(n) * n
-    cdef float *scratch = NULL
+    cdef Py_ssize_t blk
     if rows == 0:
         if dwp != NULL:
             memset(dwp, 0, n * stat_size)
@@ -470,22 +399,19 @@ def norm_backward(int kind, cnp.ndarray dy, cnp.ndarray x, object mean, cnp.ndar
     if a.parts == NULL:
         raise MemoryError(f"cannot allocate {2 * a.nblocks * n * 8} bytes of partial sums")
     try:
-        scratch = _scratch(kind, n, 4, nthreads)
         with nogil:
             if nthreads == 1:
                 for blk in range(a.nblocks):
-                    _bwd_block(&a, blk, scratch)
+                    _bwd_block(&a, blk)
             else:
                 for blk in prange(a.nblocks, num_threads=nthreads, schedule="static"):
-                    _bwd_block(&a, blk, <float *>_at(<char *>scratch,
-                                                     threadid() * per_thread * 4))
+                    _bwd_block(&a, blk)
             if dwp != NULL:
                 _sum_blocks(kind, a.parts, a.nblocks, n, dwp)
             if dbp != NULL:
                 _sum_blocks(kind, a.parts + a.nblocks * n, a.nblocks, n, dbp)
     finally:
         free(a.parts)
-        free(scratch)
 
 
 # ---------------------------------------------------------------------------------------------

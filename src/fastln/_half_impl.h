@@ -1,7 +1,7 @@
-/* Conversions between float32 and the 16-bit storage types, compiled once per SIMD path by
- * _rows.h (NAME(f) here gives f_<path>_half). float16 and bfloat16 data is converted a few rows
- * at a time into float32 scratch, normalized by the float32 kernels and converted back, so every
- * statistic and sum is float32 or wider.
+/* float16 and bfloat16 <-> float32, compiled once per SIMD path by _rows.h (NAME(f) here gives
+ * f_<path>_half). The kernels of _rows_impl.h instantiated for 16-bit data (FASTLN_HALF) widen
+ * every value they load with these and round every value they store, so all arithmetic, every
+ * statistic and every sum is float32 or wider.
  *
  * Rounding is to nearest, ties to even, as NumPy's and ml_dtypes' casts do; NaN stays NaN (quiet)
  * and overflow gives inf. The AVX2 and AVX-512 paths use the F16C instructions for float16.
@@ -54,51 +54,72 @@ static TARGET inline uint16_t NAME(f2h)(float f)
     return sign | (uint16_t)((mag - (112u << 23) + 0xfffu + odd) >> 13);
 }
 
-static TARGET void NAME(f16_to_f32)(const uint16_t *restrict src, float *restrict dst,
-                                    Py_ssize_t n)
+/* bfloat16 is the top half of a float32: widening is a shift. */
+static TARGET inline float NAME(bf2f)(uint16_t h)
 {
-    Py_ssize_t i = 0;
-#if FASTLN_X86_DISPATCH && REGISTER_BYTES >= 32
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+    const uint32_t bits = (uint32_t)h << 16;
+    float out;
+    memcpy(&out, &bits, sizeof out);
+    return out;
+}
+
+/* float32 -> bfloat16 bits, rounded to nearest even: add 0x7fff plus the lowest kept bit, then
+ * truncate; NaN keeps its top bits and is made quiet. */
+static TARGET inline uint16_t NAME(f2bf)(float f)
+{
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    if ((bits & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((bits | 0x00400000u) >> 16);
+    return (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+
+#if FASTLN_VECTOR_EXT
+/* Whole vectors of REGISTER_BYTES / 4 values. */
+typedef float NAME(fvec) __attribute__((vector_size(REGISTER_BYTES), aligned(4), may_alias));
+typedef uint32_t NAME(uvec) __attribute__((vector_size(REGISTER_BYTES), aligned(4), may_alias));
+typedef int32_t NAME(ivec) __attribute__((vector_size(REGISTER_BYTES), aligned(4)));
+typedef uint16_t NAME(hvec) __attribute__((vector_size(REGISTER_BYTES / 2), aligned(2),
+                                           may_alias));
+
+static TARGET inline NAME(fvec) NAME(vload_f16)(const uint16_t *p)
+{
+#if FASTLN_X86_DISPATCH && REGISTER_BYTES == 64
+    return (NAME(fvec))_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+#elif FASTLN_X86_DISPATCH && REGISTER_BYTES == 32
+    return (NAME(fvec))_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+#else
+    NAME(fvec) v;
+    for (int l = 0; l < REGISTER_BYTES / 4; l++)
+        v[l] = NAME(h2f)(p[l]);
+    return v;
 #endif
-    for (; i < n; i++)
-        dst[i] = NAME(h2f)(src[i]);
 }
 
-static TARGET void NAME(f32_to_f16)(const float *restrict src, uint16_t *restrict dst,
-                                    Py_ssize_t n)
+static TARGET inline void NAME(vstore_f16)(uint16_t *p, NAME(fvec) v)
 {
-    Py_ssize_t i = 0;
-#if FASTLN_X86_DISPATCH && REGISTER_BYTES >= 32
-    for (; i + 8 <= n; i += 8)
-        _mm_storeu_si128((__m128i *)(dst + i),
-                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+#if FASTLN_X86_DISPATCH && REGISTER_BYTES == 64
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtps_ph((__m512)v, _MM_FROUND_TO_NEAREST_INT));
+#elif FASTLN_X86_DISPATCH && REGISTER_BYTES == 32
+    _mm_storeu_si128((__m128i *)p, _mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT));
+#else
+    for (int l = 0; l < REGISTER_BYTES / 4; l++)
+        p[l] = NAME(f2h)(v[l]);
 #endif
-    for (; i < n; i++)
-        dst[i] = NAME(f2h)(src[i]);
 }
 
-/* bfloat16 is the top half of a float32: widening is a shift. Written as plain loops, which the
- * compiler vectorizes for each path. */
-static TARGET void NAME(bf16_to_f32)(const uint16_t *restrict src, float *restrict dst,
-                                     Py_ssize_t n)
+static TARGET inline NAME(fvec) NAME(vload_bf16)(const uint16_t *p)
 {
-    for (Py_ssize_t i = 0; i < n; i++) {
-        const uint32_t bits = (uint32_t)src[i] << 16;
-        memcpy(dst + i, &bits, sizeof bits);
-    }
+    const NAME(uvec) u = __builtin_convertvector(*(const NAME(hvec) *)p, NAME(uvec)) << 16;
+    return (NAME(fvec))u;
 }
 
-static TARGET void NAME(f32_to_bf16)(const float *restrict src, uint16_t *restrict dst,
-                                     Py_ssize_t n)
+static TARGET inline void NAME(vstore_bf16)(uint16_t *p, NAME(fvec) v)
 {
-    for (Py_ssize_t i = 0; i < n; i++) {
-        uint32_t bits;
-        memcpy(&bits, src + i, sizeof bits);
-        const int nan = (bits & 0x7fffffffu) > 0x7f800000u;
-        /* Round to nearest even: add 0x7fff plus the lowest kept bit, then truncate. */
-        const uint32_t rounded = bits + 0x7fffu + ((bits >> 16) & 1u);
-        dst[i] = (uint16_t)((nan ? bits | 0x00400000u : rounded) >> 16);
-    }
+    const NAME(uvec) u = (NAME(uvec))v;
+    const NAME(uvec) nan = (NAME(uvec))((NAME(ivec))(u & 0x7fffffffu) > 0x7f800000);
+    const NAME(uvec) rounded = u + 0x7fffu + ((u >> 16) & 1u);
+    const NAME(uvec) out = (rounded & ~nan) | ((u | 0x00400000u) & nan);
+    *(NAME(hvec) *)p = __builtin_convertvector(out >> 16, NAME(hvec));
 }
+#endif

@@ -28,6 +28,7 @@
 
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
 #define FASTLN_X86_DISPATCH 1
+#include <cpuid.h>
 #include <immintrin.h>
 #else
 #define FASTLN_X86_DISPATCH 0
@@ -68,21 +69,26 @@
     typedef void (*fastln_sum_##TS)(double *, Py_ssize_t, Py_ssize_t, T *);
 FASTLN_KERNEL_TYPES(float, f32)
 FASTLN_KERNEL_TYPES(double, f64)
-typedef void (*fastln_widen)(const uint16_t *, float *, Py_ssize_t);
-typedef void (*fastln_narrow)(const float *, uint16_t *, Py_ssize_t);
+/* 16-bit data (uint16_t bits) with float weight, bias, statistics and partial sums. */
+typedef void (*fastln_fwd_half)(const uint16_t *, const uint16_t *, const float *, const float *,
+                                uint16_t *, uint16_t *, float *, float *, Py_ssize_t, Py_ssize_t,
+                                double, int);
+typedef void (*fastln_bwd_half)(const uint16_t *, const uint16_t *, const float *, const float *,
+                                const float *, const uint16_t *, uint16_t *, double *, double *,
+                                Py_ssize_t, Py_ssize_t, int);
 
 typedef struct {
     const char *name;
     fastln_fwd_f32 norm_fwd_f32;
     fastln_fwd_f64 norm_fwd_f64;
+    fastln_fwd_half norm_fwd_f16;
+    fastln_fwd_half norm_fwd_bf16;
     fastln_bwd_f32 norm_bwd_f32;
     fastln_bwd_f64 norm_bwd_f64;
+    fastln_bwd_half norm_bwd_f16;
+    fastln_bwd_half norm_bwd_bf16;
     fastln_sum_f32 sum_blocks_f32;
     fastln_sum_f64 sum_blocks_f64;
-    fastln_widen f16_to_f32;
-    fastln_narrow f32_to_f16;
-    fastln_widen bf16_to_f32;
-    fastln_narrow f32_to_bf16;
 } fastln_kernels;
 
 #define FASTLN_CAT3_(a, b, c) a##_##b##_##c
@@ -123,10 +129,10 @@ typedef struct {
 #define FASTLN_TABLE(path)                                                                    \
     {#path,                                                                                   \
      norm_fwd_##path##_f32, norm_fwd_##path##_f64,                                            \
+     norm_fwd_##path##_f16, norm_fwd_##path##_bf16,                                           \
      norm_bwd_##path##_f32, norm_bwd_##path##_f64,                                            \
-     sum_blocks_##path##_f32, sum_blocks_##path##_f64,                                        \
-     f16_to_f32_##path##_half, f32_to_f16_##path##_half,                                      \
-     bf16_to_f32_##path##_half, f32_to_bf16_##path##_half}
+     norm_bwd_##path##_f16, norm_bwd_##path##_bf16,                                           \
+     sum_blocks_##path##_f32, sum_blocks_##path##_f64}
 
 /* Narrowest first. */
 static const fastln_kernels fastln_paths[] = {
@@ -138,19 +144,27 @@ static const fastln_kernels fastln_paths[] = {
 };
 #define FASTLN_NPATHS ((int)(sizeof(fastln_paths) / sizeof(fastln_paths[0])))
 
+#if FASTLN_X86_DISPATCH
+/* F16C (float16 conversions), which older compilers' __builtin_cpu_supports cannot name:
+ * CPUID leaf 1, ECX bit 29. */
+static int fastln_f16c(void)
+{
+    unsigned int eax, ebx, ecx, edx;
+    return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx >> 29 & 1u);
+}
+#endif
+
 /* 1 if the running CPU can execute path i. */
 static int fastln_path_supported(int i)
 {
 #if FASTLN_X86_DISPATCH
     __builtin_cpu_init();
     if (i == 1)
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-               __builtin_cpu_supports("f16c");
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && fastln_f16c();
     if (i == 2)
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-               __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-               __builtin_cpu_supports("f16c");
+               __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && fastln_f16c();
 #endif
     return i == 0;
 }

@@ -1,7 +1,9 @@
 /* Row kernels of fastln, written once and compiled once per (SIMD path, dtype) by _rows.h.
  *
  * The includer defines:
- *   T               element type (float or double)
+ *   T               element type of the arithmetic (float or double)
+ *   FASTLN_HALF     (optional) 1 or 2: the data is stored as float16 or bfloat16 (T is float),
+ *                   converted on every load and rounded on every store; without it, as T
  *   NAME(f)         the name of function f for this (path, dtype), e.g. f_avx2_f32
  *   TARGET          the function attribute that selects the instruction set ("" for baseline)
  *   REGISTER_BYTES  the SIMD register width of the path
@@ -45,6 +47,58 @@ static TARGET inline void NAME(stream)(T *p, V v)
     NAME(store)(p, v);
 #endif
 }
+
+/* The data (x, residual, y, sum, dy, dsum, dx) is stored as D: T, or 16-bit values that are
+ * widened to T as they are loaded and rounded to nearest even as they are stored (see
+ * _half_impl.h). weight, bias, mean and rstd are always T. */
+#ifndef FASTLN_HALF
+typedef T NAME(data);
+static TARGET inline V NAME(lds)(const T *p) { return NAME(load)(p); }
+static TARGET inline void NAME(sts)(T *p, V v) { NAME(store)(p, v); }
+static TARGET inline void NAME(streams)(T *p, V v) { NAME(stream)(p, v); }
+static TARGET inline T NAME(ld1)(const T *p) { return *p; }
+static TARGET inline void NAME(st1)(T *p, T v) { *p = v; }
+static TARGET inline V NAME(round_data)(V v) { return v; }
+static TARGET inline T NAME(round1)(T v) { return v; }
+#else
+#define FASTLN_HCAT(f) FASTLN_CAT3(f, FASTLN_PATH, half)
+#if FASTLN_HALF == 1
+#define FASTLN_H2F FASTLN_HCAT(h2f)
+#define FASTLN_F2H FASTLN_HCAT(f2h)
+#define FASTLN_VLOAD FASTLN_HCAT(vload_f16)
+#define FASTLN_VSTORE FASTLN_HCAT(vstore_f16)
+#else
+#define FASTLN_H2F FASTLN_HCAT(bf2f)
+#define FASTLN_F2H FASTLN_HCAT(f2bf)
+#define FASTLN_VLOAD FASTLN_HCAT(vload_bf16)
+#define FASTLN_VSTORE FASTLN_HCAT(vstore_bf16)
+#endif
+typedef uint16_t NAME(data);
+static TARGET inline T NAME(ld1)(const uint16_t *p) { return FASTLN_H2F(*p); }
+static TARGET inline void NAME(st1)(uint16_t *p, T v) { *p = FASTLN_F2H(v); }
+static TARGET inline T NAME(round1)(T v) { return FASTLN_H2F(FASTLN_F2H(v)); }
+#if FASTLN_VECTOR_EXT
+static TARGET inline V NAME(lds)(const uint16_t *p) { return (V)FASTLN_VLOAD(p); }
+static TARGET inline void NAME(sts)(uint16_t *p, V v) { FASTLN_VSTORE(p, v); }
+#else
+static TARGET inline V NAME(lds)(const uint16_t *p) { return NAME(ld1)(p); }
+static TARGET inline void NAME(sts)(uint16_t *p, V v) { NAME(st1)(p, v); }
+#endif
+/* 16-bit outputs are not streamed (their kernels are never asked to). */
+static TARGET inline void NAME(streams)(uint16_t *p, V v) { NAME(sts)(p, v); }
+static TARGET inline V NAME(round_data)(V v)
+{
+    NAME(data) tmp[W];
+    NAME(sts)(tmp, v);
+    return NAME(lds)(tmp);
+}
+#undef FASTLN_H2F
+#undef FASTLN_F2H
+#undef FASTLN_VLOAD
+#undef FASTLN_VSTORE
+#undef FASTLN_HCAT
+#endif
+#define D NAME(data)
 
 static TARGET inline V NAME(splat)(T a)
 {
@@ -112,24 +166,23 @@ static TARGET inline void NAME(chan_merge)(double *restrict mean, double *restri
 
 /* Element i of the row being normalized: x[i], or with the fused residual add (has_r) x[i] + r[i]
  * rounded to T. Every sweep forms the sum again the same way, so all of them see the same s. */
-static TARGET FASTLN_ALWAYS_INLINE V NAME(vat)(const T *x, const T *r,
+static TARGET FASTLN_ALWAYS_INLINE V NAME(vat)(const D *x, const D *r,
                                                                const int has_r, Py_ssize_t i)
 {
-    V v = NAME(load)(x + i);
     if (has_r)
-        v += NAME(load)(r + i);
-    return v;
+        return NAME(round_data)(NAME(lds)(x + i) + NAME(lds)(r + i));
+    return NAME(lds)(x + i);
 }
 
-static TARGET FASTLN_ALWAYS_INLINE T NAME(at)(const T *x, const T *r,
+static TARGET FASTLN_ALWAYS_INLINE T NAME(at)(const D *x, const D *r,
                                                               const int has_r, Py_ssize_t i)
 {
-    return has_r ? (T)(x[i] + r[i]) : x[i];
+    return has_r ? NAME(round1)(NAME(ld1)(x + i) + NAME(ld1)(r + i)) : NAME(ld1)(x + i);
 }
 
 /* Welford's update of (count, *mu, *q) with s[from:n] - pivot, one value at a time, in double. */
 static TARGET FASTLN_ALWAYS_INLINE void
-NAME(welford)(const T *x, const T *r, const int has_r, Py_ssize_t from, Py_ssize_t n,
+NAME(welford)(const D *x, const D *r, const int has_r, Py_ssize_t from, Py_ssize_t n,
               double pivot, double *restrict mu, double *restrict q)
 {
     double m = *mu, s = *q;
@@ -153,7 +206,7 @@ NAME(welford)(const T *x, const T *r, const int has_r, Py_ssize_t from, Py_ssize
  * (Welford), the lanes pairwise (Chan), and the tail elements one by one. The order of every
  * operation depends only on n, never on threads. */
 static TARGET FASTLN_ALWAYS_INLINE void
-NAME(row_moments)(const T *x, const T *r, const int has_r, Py_ssize_t n, T pivot,
+NAME(row_moments)(const D *x, const D *r, const int has_r, Py_ssize_t n, T pivot,
                   double *restrict mean_out, double *restrict m2_out)
 {
     const Py_ssize_t nvec = n / W;
@@ -225,7 +278,7 @@ NAME(row_moments)(const T *x, const T *r, const int has_r, Py_ssize_t n, T pivot
  * sum leaves T's comfortable range (values beyond ~2^+-50 in float32, ~2^+-500 in float64) is
  * summed again in double, scaled by its largest magnitude so that nothing overflows. */
 static TARGET FASTLN_ALWAYS_INLINE double
-NAME(row_rstd_rms)(const T *x, const T *r, const int has_r, Py_ssize_t n, double eps)
+NAME(row_rstd_rms)(const D *x, const D *r, const int has_r, Py_ssize_t n, double eps)
 {
     const Py_ssize_t nvec = n / W;
     double lanes[W];
@@ -276,13 +329,13 @@ NAME(row_rstd_rms)(const T *x, const T *r, const int has_r, Py_ssize_t n, double
 
 /* One element of fwd_rows' output sweep, in T. */
 static TARGET FASTLN_ALWAYS_INLINE void
-NAME(fwd_one)(const T *xr, const T *rr, const T *restrict w, const T *restrict b, T *yr, T *sr,
+NAME(fwd_one)(const D *xr, const D *rr, const T *restrict w, const T *restrict b, D *yr, D *sr,
               Py_ssize_t i, T pivot, T mu, T rs, const int has_r, const int rms)
 {
     const T si = NAME(at)(xr, rr, has_r, i);
-    yr[i] = rms ? si * (rs * w[i]) : ((si - pivot) - mu) * (rs * w[i]) + b[i];
+    NAME(st1)(yr + i, rms ? si * (rs * w[i]) : ((si - pivot) - mu) * (rs * w[i]) + b[i]);
     if (has_r)
-        sr[i] = si;
+        NAME(st1)(sr + i, si);
 }
 
 /* Normalizes `rows` rows of s, where s is x or (has_r) x + r, which is then also written to
@@ -290,13 +343,13 @@ NAME(fwd_one)(const T *xr, const T *rr, const T *restrict w, const T *restrict b
  * RMSNorm) and rstd are written per row when rstd is not NULL. y and sum may each be x or r
  * itself (in place): a row is read in full before any of it is written. */
 static TARGET FASTLN_ALWAYS_INLINE void
-NAME(fwd_rows)(const T *x, const T *r, const T *restrict w, const T *restrict b, T *sum, T *y,
+NAME(fwd_rows)(const D *x, const D *r, const T *restrict w, const T *restrict b, D *sum, D *y,
                T *restrict mean, T *restrict rstd, Py_ssize_t rows, Py_ssize_t n, double eps,
                int stream, const int has_r, const int rms)
 {
     for (Py_ssize_t row = 0; row < rows; row++) {
-        const T *xr = x + row * n, *rr = has_r ? r + row * n : NULL;
-        T *yr = y + row * n, *sr = has_r ? sum + row * n : NULL;
+        const D *xr = x + row * n, *rr = has_r ? r + row * n : NULL;
+        D *yr = y + row * n, *sr = has_r ? sum + row * n : NULL;
         const T pivot = rms ? (T)0 : NAME(at)(xr, rr, has_r, 0);
         double mu = 0.0, rs, spread;
         if (rms) {
@@ -322,10 +375,10 @@ NAME(fwd_rows)(const T *x, const T *r, const T *restrict w, const T *restrict b,
             for (Py_ssize_t i = 0; i < n; i++) {
                 const T si = NAME(at)(xr, rr, has_r, i);
                 const double centred = ((double)si - (double)pivot) - mu;
-                yr[i] = (T)(rms ? centred * rs * (double)w[i]
-                                : centred * rs * (double)w[i] + (double)b[i]);
+                NAME(st1)(yr + i, (T)(rms ? centred * rs * (double)w[i]
+                                          : centred * rs * (double)w[i] + (double)b[i]));
                 if (has_r)
-                    sr[i] = si;
+                    NAME(st1)(sr + i, si);
             }
             continue;
         }
@@ -336,7 +389,7 @@ NAME(fwd_rows)(const T *x, const T *r, const T *restrict w, const T *restrict b,
          * The sum is streamed too when it shares y's alignment. */
         const Py_ssize_t head = stream ? (Py_ssize_t)(((REGISTER_BYTES - (uintptr_t)yr %
                                                         REGISTER_BYTES) % REGISTER_BYTES) /
-                                                      sizeof(T)) : 0;
+                                                      sizeof(D)) : 0;
         const int stream_sum = stream && has_r &&
                                ((uintptr_t)sr - (uintptr_t)yr) % REGISTER_BYTES == 0;
         Py_ssize_t i = 0;
@@ -351,13 +404,13 @@ NAME(fwd_rows)(const T *x, const T *r, const T *restrict w, const T *restrict b,
             else
                 out = ((si - pv) - muv) * scaled + NAME(load)(b + i);
             if (stream)
-                NAME(stream)(yr + i, out);
+                NAME(streams)(yr + i, out);
             else
-                NAME(store)(yr + i, out);
+                NAME(sts)(yr + i, out);
             if (has_r && stream_sum)
-                NAME(stream)(sr + i, si);
+                NAME(streams)(sr + i, si);
             else if (has_r)
-                NAME(store)(sr + i, si);
+                NAME(sts)(sr + i, si);
         }
         for (; i < n; i++)
             NAME(fwd_one)(xr, rr, w, b, yr, sr, i, pivot, mu_t, rs_t, has_r, rms);
@@ -368,11 +421,11 @@ NAME(fwd_rows)(const T *x, const T *r, const T *restrict w, const T *restrict b,
 
 /* Forward over a block of rows: see fwd_rows; `r` and `sum` are NULL without the residual add,
  * `b` and `mean` with FASTLN_RMS. One specialised copy per (add, RMS) pair. */
-static TARGET void NAME(norm_fwd)(const T *x, const T *r, const T *w, const T *b, T *sum, T *y,
+static TARGET void NAME(norm_fwd)(const D *x, const D *r, const T *w, const T *b, D *sum, D *y,
                                   T *mean, T *rstd, Py_ssize_t rows, Py_ssize_t n, double eps,
                                   int flags)
 {
-    const int stream = (flags & FASTLN_STREAM) != 0;
+    const int stream = (flags & FASTLN_STREAM) != 0 && sizeof(D) == sizeof(T);
     if (flags & FASTLN_RMS) {
         if (r != NULL)
             NAME(fwd_rows)(x, r, w, b, sum, y, mean, rstd, rows, n, eps, stream, 1, 1);
@@ -389,7 +442,7 @@ static TARGET void NAME(norm_fwd)(const T *x, const T *r, const T *w, const T *b
 /* The three sums the backward needs from one row, about the pivot k (the saved mean):
  * sum(x - k), sum(g) and sum(g * (x - k)) with g = dy * w. Blocks of BLOCK vectors are summed in
  * T, then added to per-lane double sums; lanes and tail in double. */
-static TARGET inline void NAME(row_grad_sums)(const T *restrict x, const T *restrict dy,
+static TARGET inline void NAME(row_grad_sums)(const D *restrict x, const D *restrict dy,
                                               const T *restrict w, Py_ssize_t n, T k,
                                               double *restrict out)
 {
@@ -406,8 +459,8 @@ static TARGET inline void NAME(row_grad_sums)(const T *restrict x, const T *rest
         const int len = nvec - v < BLOCK ? (int)(nvec - v) : BLOCK;
         V bd = zero, bg = zero, bgd = zero;
         for (int s = 0; s < len; s++, v++) {
-            const V d = NAME(load)(x + v * W) - kv;
-            const V g = NAME(load)(dy + v * W) * NAME(load)(w + v * W);
+            const V d = NAME(lds)(x + v * W) - kv;
+            const V g = NAME(lds)(dy + v * W) * NAME(load)(w + v * W);
             bd += d;
             bg += g;
             bgd += g * d;
@@ -423,7 +476,8 @@ static TARGET inline void NAME(row_grad_sums)(const T *restrict x, const T *rest
             sgd[l] += sgd[l + width];
         }
     for (Py_ssize_t i = nvec * W; i < n; i++) {
-        const double d = (double)(x[i] - k), g = (double)dy[i] * (double)w[i];
+        const double d = (double)(NAME(ld1)(x + i) - k);
+        const double g = (double)NAME(ld1)(dy + i) * (double)w[i];
         sd[0] += d;
         sg[0] += g;
         sgd[0] += g * d;
@@ -438,14 +492,15 @@ static TARGET inline void NAME(row_grad_sums)(const T *restrict x, const T *rest
  * underflow. Adds the row's dweight and dbias shares straight to the double partials. k is the
  * pivot (the saved mean; 0 for RMSNorm, which subtracts no mean), ds the incoming gradient of the
  * fused add's sum or NULL. */
-static TARGET void NAME(bwd_row_exact)(const T *restrict dy, const T *restrict x, double k,
-                                       double rs, const T *restrict w, const T *restrict ds,
-                                       T *restrict dx, double *restrict dw_part,
+static TARGET void NAME(bwd_row_exact)(const D *restrict dy, const D *restrict x, double k,
+                                       double rs, const T *restrict w, const D *restrict ds,
+                                       D *restrict dx, double *restrict dw_part,
                                        double *restrict db_part, Py_ssize_t n, int rms)
 {
     double sd = 0.0, sg = 0.0, sgd = 0.0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        const double d = (double)x[i] - k, g = (double)dy[i] * (double)w[i];
+        const double d = (double)NAME(ld1)(x + i) - k;
+        const double g = (double)NAME(ld1)(dy + i) * (double)w[i];
         sd += d;
         sg += g;
         sgd += g * d;
@@ -453,10 +508,10 @@ static TARGET void NAME(bwd_row_exact)(const T *restrict dy, const T *restrict x
     const double shift = rms ? 0.0 : sd / (double)n, mg = rms ? 0.0 : sg / (double)n;
     const double c = rs * (sgd - shift * sg) / (double)n;
     for (Py_ssize_t i = 0; i < n; i++) {
-        const double dyi = (double)dy[i];
-        const double xhat = (((double)x[i] - k) - shift) * rs;
+        const double dyi = (double)NAME(ld1)(dy + i);
+        const double xhat = (((double)NAME(ld1)(x + i) - k) - shift) * rs;
         const double d = rs * ((dyi * (double)w[i] - mg) - xhat * c);
-        dx[i] = (T)(ds != NULL ? d + (double)ds[i] : d);
+        NAME(st1)(dx + i, (T)(ds != NULL ? d + (double)NAME(ld1)(ds + i) : d));
         dw_part[i] += dyi * xhat;
         db_part[i] += dyi;
     }
@@ -466,8 +521,8 @@ static TARGET void NAME(bwd_row_exact)(const T *restrict dy, const T *restrict x
  * ds and dx point at the group's first row): writes dx and adds the group's dweight and dbias
  * shares to the partials. Rows flagged in `exact` (NULL: none) are skipped. */
 static TARGET FASTLN_ALWAYS_INLINE void
-NAME(bwd_cols)(const T *restrict dy, const T *restrict x, const T *restrict w,
-               const T *restrict ds, T *restrict dx, double *restrict dw_part,
+NAME(bwd_cols)(const D *restrict dy, const D *restrict x, const T *restrict w,
+               const D *restrict ds, D *restrict dx, double *restrict dw_part,
                double *restrict db_part, Py_ssize_t n, Py_ssize_t from, Py_ssize_t to, int nr,
                const int *exact, const T *pivot, const T *shift, const T *rs, const T *mg,
                const T *c, int stream, const int rms, const int has_ds)
@@ -487,21 +542,21 @@ NAME(bwd_cols)(const T *restrict dy, const T *restrict x, const T *restrict w,
             if (exact != NULL && exact[r])
                 continue;
             const Py_ssize_t off = r * n + j;
-            const V dyv = NAME(load)(dy + off);
+            const V dyv = NAME(lds)(dy + off);
             V xhat, d;
             if (rms) {
-                xhat = NAME(load)(x + off) * rsv[r];
+                xhat = NAME(lds)(x + off) * rsv[r];
                 d = rsv[r] * (dyv * wv) - xhat * cv[r];
             } else {
-                xhat = ((NAME(load)(x + off) - pv[r]) - shv[r]) * rsv[r];
+                xhat = ((NAME(lds)(x + off) - pv[r]) - shv[r]) * rsv[r];
                 d = rsv[r] * (dyv * wv - mgv[r]) - xhat * cv[r];
             }
             if (has_ds)
-                d += NAME(load)(ds + off);
+                d += NAME(lds)(ds + off);
             if (stream)
-                NAME(stream)(dx + off, d);
+                NAME(streams)(dx + off, d);
             else
-                NAME(store)(dx + off, d);
+                NAME(sts)(dx + off, d);
             dwa += dyv * xhat;
             dba += dyv;
         }
@@ -525,16 +580,17 @@ NAME(bwd_cols)(const T *restrict dy, const T *restrict x, const T *restrict w,
  *
  * The saved mean is only the pivot: the first sweep also measures mean(x - pivot), so a mean that
  * was rounded to float32 (or is off for any reason) still gives the gradient at the true mean. */
-static TARGET void NAME(norm_bwd)(const T *restrict dy, const T *restrict x,
+static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
                                   const T *restrict mean, const T *restrict rstd,
-                                  const T *restrict w, const T *restrict ds, T *restrict dx,
+                                  const T *restrict w, const D *restrict ds, D *restrict dx,
                                   double *restrict dw_part, double *restrict db_part,
                                   Py_ssize_t rows, Py_ssize_t n, int flags)
 {
     const int rms = (flags & FASTLN_RMS) != 0, has_ds = ds != NULL;
     /* Streaming stores need aligned addresses; rows share dx's alignment when a row's bytes are
      * a multiple of the register's, and then `head` columns are stored plainly first. */
-    const int stream = (flags & FASTLN_STREAM) && (n * (Py_ssize_t)sizeof(T)) % REGISTER_BYTES == 0;
+    const int stream = (flags & FASTLN_STREAM) && sizeof(D) == sizeof(T) &&
+                       (n * (Py_ssize_t)sizeof(T)) % REGISTER_BYTES == 0;
     Py_ssize_t head = stream ? (Py_ssize_t)(((REGISTER_BYTES - (uintptr_t)dx % REGISTER_BYTES) %
                                              REGISTER_BYTES) / sizeof(T)) : 0;
     head = head < n ? head : n;
@@ -560,7 +616,7 @@ static TARGET void NAME(norm_bwd)(const T *restrict dy, const T *restrict x,
             c[r] = (T)(rsd * rsd * (sums[2] - sh * sums[1]) * inv_n);
         }
         const Py_ssize_t off0 = r0 * n;
-        const T *dsg = has_ds ? ds + off0 : NULL;
+        const D *dsg = has_ds ? ds + off0 : NULL;
 #define FASTLN_COLS(NR, EXACT, STREAM, RMS, DS)                                                 \
     NAME(bwd_cols)(dy + off0, x + off0, w, dsg, dx + off0, dw_part, db_part, n, head, vec_end, \
                    NR, EXACT, pivot, shift, rs, mg, c, STREAM, RMS, DS)
@@ -590,10 +646,10 @@ static TARGET void NAME(norm_bwd)(const T *restrict dy, const T *restrict x,
                 if (exact[r])
                     continue;
                 const Py_ssize_t off = (r0 + r) * n + j;
-                const T dyv = dy[off];
-                const T xhat = ((x[off] - pivot[r]) - shift[r]) * rs[r];
+                const T dyv = NAME(ld1)(dy + off);
+                const T xhat = ((NAME(ld1)(x + off) - pivot[r]) - shift[r]) * rs[r];
                 const T d = rs[r] * (dyv * w[j] - mg[r]) - xhat * c[r];
-                dx[off] = has_ds ? d + ds[off] : d;
+                NAME(st1)(dx + off, has_ds ? d + NAME(ld1)(ds + off) : d);
                 dwa += dyv * xhat;
                 dba += dyv;
             }
@@ -612,6 +668,7 @@ static TARGET void NAME(norm_bwd)(const T *restrict dy, const T *restrict x,
         FASTLN_SFENCE();
 }
 
+#ifndef FASTLN_HALF
 /* parts[0:n] += parts[b*n : (b+1)*n] for b = 1, 2, ... in that order, then out = parts[0:n]:
  * the same sum for every thread count, because the blocks do not depend on it. */
 static TARGET void NAME(sum_blocks)(double *restrict parts, Py_ssize_t nblocks, Py_ssize_t n,
@@ -625,7 +682,9 @@ static TARGET void NAME(sum_blocks)(double *restrict parts, Py_ssize_t nblocks, 
     for (Py_ssize_t i = 0; i < n; i++)
         out[i] = (T)parts[i];
 }
+#endif
 
+#undef D
 #undef V
 #undef W
 #undef HALF

@@ -1,6 +1,6 @@
-/* Instantiates _rows_impl.h for float and for double, and _half_impl.h once, on the path that
- * the includer (_rows.h) describes with FASTLN_PATH, TARGET and REGISTER_BYTES, then forgets
- * that path. */
+/* Instantiates _rows_impl.h for float, double, and float16 and bfloat16 data (computed in
+ * float, with _half_impl.h's conversions), on the path that the includer (_rows.h) describes with
+ * FASTLN_PATH, TARGET and REGISTER_BYTES, then forgets that path. */
 #define T float
 #define FASTLN_TS f32
 #include "_rows_impl.h"
@@ -14,6 +14,18 @@
 #define FASTLN_TS half
 #include "_half_impl.h"
 #undef FASTLN_TS
+#define T float
+#define FASTLN_TS f16
+#define FASTLN_HALF 1
+#include "_rows_impl.h"
+#undef FASTLN_HALF
+#undef FASTLN_TS
+#define FASTLN_TS bf16
+#define FASTLN_HALF 2
+#include "_rows_impl.h"
+#undef FASTLN_HALF
+#undef FASTLN_TS
+#undef T
 #undef REGISTER_BYTES
 #undef TARGET
 #undef FASTLN_PATH
