@@ -44,13 +44,17 @@ def bfloat16_dtype():
     return np.dtype(mod.bfloat16)
 
 
+# dtype -> the kernels' code for it (fastln._cpu.KINDS); bfloat16 joins once it is seen. A dict
+# of dtypes, since dtype.name costs microseconds.
+_KINDS = {dt: _cpu.KINDS[dt.name] for dt in (_F32, _F64, _F16)}
+
+
 def _kind(dtype):
-    """The kernels' code for `dtype` (fastln._cpu.KINDS); None if they do not take it."""
-    if dtype.kind == "f" and dtype.isnative:
-        return _cpu.KINDS.get(dtype.name)
-    if dtype.name == "bfloat16":
-        return _cpu.KINDS["bfloat16"]
-    return None
+    """The kernels' code for `dtype` (native byte order); None if they do not take it."""
+    kind = _KINDS.get(dtype)
+    if kind is None and dtype.name == "bfloat16":
+        kind = _KINDS[dtype] = _cpu.KINDS["bfloat16"]
+    return kind
 
 
 def _is_half(dtype):
@@ -311,7 +315,7 @@ def _output(out, x, w, b, name="out", same_ok=None, apart=None):
         result = _fresh(x)
         return result, result, None
     if (same_ok is None and apart is None and isinstance(out, np.ndarray)
-            and _cpu.can_write(out, x, w, *(() if b is None else (b,)))):
+            and _cpu.can_write(out, x, w, w if b is None else b)):
         return out, out, None                # the usual case, recognised in one call
     shape, dtype = x.shape, x.dtype
     if not isinstance(out, np.ndarray):
@@ -342,46 +346,60 @@ def _output(out, x, w, b, name="out", same_ok=None, apart=None):
 # ---------------------------------------------------------------------------------------------
 # LayerNorm
 
-def _forward(x, normalized_shape, weight, bias, eps, out, with_stats, rms=False,
-             residual=None, sum_out=None, fused=False):
-    """The forward of every op: LayerNorm or (rms) RMSNorm of x, or with `fused` of
-    s = x + residual. Returns (y, s, mean, rstd); s is None unless fused, the statistics unless
+def _checked_inputs(x, normalized_shape, weight, bias, eps, rms, residual=None):
+    """The general path's validation and conversion of a forward's inputs:
+    (x, normalized shape, w, b, eps, residual), ready for the kernels."""
+    x = _float_array("x", x)
+    nshape = _normalized_shape(normalized_shape)
+    _check_shape(x, nshape)
+    if residual is not None:
+        residual = _float_array("residual", residual)
+        if residual.dtype != x.dtype:
+            raise TypeError(f"residual must have the dtype of x ({x.dtype}), got "
+                            f"{residual.dtype}")
+        if residual.shape != x.shape:
+            raise ValueError(f"residual must have the shape of x {x.shape}, got "
+                             f"{residual.shape}")
+        residual = _kernel_ready(residual)
+    eps = _default_rms_eps(x.dtype) if rms and eps is None else _eps(eps)
+    w = _param("weight", weight, nshape, x.dtype, 1)
+    b = None if rms else _param("bias", bias, nshape, x.dtype, 0)
+    return _kernel_ready(x), nshape, w, b, eps, residual
+
+
+def _stats(x, nshape, rms):
+    """Fresh (mean, rstd) for the rows of x (mean None for RMSNorm)."""
+    lead, stat = x.ndim - len(nshape), _stat_dtype(x.dtype)
+    return None if rms else _cpu.empty(x, 0, lead, stat), _cpu.empty(x, 0, lead, stat)
+
+
+def _forward(x, normalized_shape, weight, bias, eps, out, with_stats, rms=False):
+    """The forward of LayerNorm, or (rms) RMSNorm: (y, mean, rstd), the statistics None unless
     with_stats, mean for RMSNorm."""
-    plain = None if fused or rms else _plain_forward_inputs(x, normalized_shape, weight, bias,
-                                                            eps)
+    plain = None if rms else _plain_forward_inputs(x, normalized_shape, weight, bias, eps)
     if plain is not None:
         nshape, w, b = plain
     else:
-        x = _float_array("x", x)
-        nshape = _normalized_shape(normalized_shape)
-        _check_shape(x, nshape)
-        if fused:
-            residual = _float_array("residual", residual)
-            if residual.dtype != x.dtype:
-                raise TypeError(f"residual must have the dtype of x ({x.dtype}), got "
-                                f"{residual.dtype}")
-            if residual.shape != x.shape:
-                raise ValueError(f"residual must have the shape of x {x.shape}, got "
-                                 f"{residual.shape}")
-            residual = _kernel_ready(residual)
-        eps = _default_rms_eps(x.dtype) if rms and eps is None else _eps(eps)
-        w = _param("weight", weight, nshape, x.dtype, 1)
-        b = None if rms else _param("bias", bias, nshape, x.dtype, 0)
-        x = _kernel_ready(x)
-    kind = _kind(x.dtype)
-    s = target_s = copy_s = None
-    if fused:
-        inputs = {"x": x, "residual": residual}
-        s, target_s, copy_s = _output(sum_out, x, w, b, "sum_out", inputs, {"out": out})
-        y, target, copy_to = _output(out, x, w, b, "out", inputs, {"sum_out": sum_out})
-    else:
-        y, target, copy_to = _output(out, x, w, b)
-    mean = rstd = None
-    if with_stats:
-        lead, stat = x.ndim - len(nshape), _stat_dtype(x.dtype)
-        mean = None if rms else _cpu.empty(x, 0, lead, stat)
-        rstd = _cpu.empty(x, 0, lead, stat)
-    _cpu.norm_forward(kind, x, residual, w, b, target_s, target, mean, rstd, eps, rms)
+        x, nshape, w, b, eps, _ = _checked_inputs(x, normalized_shape, weight, bias, eps, rms)
+    y, target, copy_to = _output(out, x, w, b)
+    mean, rstd = _stats(x, nshape, rms) if with_stats else (None, None)
+    _cpu.norm_forward(_kind(x.dtype), x, None, w, b, None, target, mean, rstd, eps, rms)
+    if copy_to is not None:
+        copy_to[...] = target
+    return y, mean, rstd
+
+
+def _fused_forward(x, residual, normalized_shape, weight, bias, eps, out, sum_out, rms):
+    """The forward of the fused residual add + norm: (y, s, mean, rstd)."""
+    if residual is None:
+        raise TypeError("residual must be an array of x's shape and dtype, got None")
+    x, nshape, w, b, eps, residual = _checked_inputs(x, normalized_shape, weight, bias, eps, rms,
+                                                     residual)
+    inputs = {"x": x, "residual": residual}
+    s, target_s, copy_s = _output(sum_out, x, w, b, "sum_out", inputs, {"out": out})
+    y, target, copy_to = _output(out, x, w, b, "out", inputs, {"sum_out": sum_out})
+    mean, rstd = _stats(x, nshape, rms)
+    _cpu.norm_forward(_kind(x.dtype), x, residual, w, b, target_s, target, mean, rstd, eps, rms)
     for dst, src in ((copy_to, target), (copy_s, target_s)):
         if dst is not None:
             dst[...] = src
@@ -504,8 +522,7 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     >>> mean
     array([1.5, 5.5])
     """
-    y, _, mean, rstd = _forward(x, normalized_shape, weight, bias, eps, None, True)
-    return y, mean, rstd
+    return _forward(x, normalized_shape, weight, bias, eps, None, True)
 
 
 def layer_norm_backward(dy, x, mean, rstd, weight=None):
@@ -583,7 +600,7 @@ def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None):
     >>> fastln.rms_norm(np.array([[3.0, 4.0]]), 2, eps=0.0)
     array([[0.84852814, 1.13137085]])
     """
-    return _forward(x, normalized_shape, weight, None, eps, out, False, rms=True)[0]
+    return _forward(x, normalized_shape, weight, None, eps, out, False, True)[0]
 
 
 def rms_norm_forward(x, normalized_shape, weight=None, eps=None):
@@ -593,7 +610,7 @@ def rms_norm_forward(x, normalized_shape, weight=None, eps=None):
     ``x.shape[:-len(normalized_shape)]`` and x's dtype (float32 for 16-bit x). Parameters are
     those of `rms_norm`.
     """
-    y, _, _, rstd = _forward(x, normalized_shape, weight, None, eps, None, True, rms=True)
+    y, _, rstd = _forward(x, normalized_shape, weight, None, eps, None, True, True)
     return y, rstd
 
 
@@ -639,16 +656,14 @@ def add_layer_norm(x, residual, normalized_shape, weight=None, bias=None, eps=1e
     >>> s, y.round(3)
     (array([[2., 6.]]), array([[-1.,  1.]]))
     """
-    y, s, _, _ = _forward(x, normalized_shape, weight, bias, eps, out, False, residual=residual,
-                          sum_out=sum_out, fused=True)
-    return y, s
+    return _fused_forward(x, residual, normalized_shape, weight, bias, eps, out, sum_out,
+                          False)[:2]
 
 
 def add_layer_norm_forward(x, residual, normalized_shape, weight=None, bias=None, eps=1e-5, *,
                            out=None, sum_out=None):
     """`add_layer_norm` that also returns the statistics of s: ``(y, s, mean, rstd)``."""
-    return _forward(x, normalized_shape, weight, bias, eps, out, True, residual=residual,
-                    sum_out=sum_out, fused=True)
+    return _fused_forward(x, residual, normalized_shape, weight, bias, eps, out, sum_out, False)
 
 
 def add_layer_norm_backward(dy, s, mean, rstd, weight=None, dsum=None):
@@ -674,16 +689,15 @@ def add_rms_norm(x, residual, normalized_shape, weight=None, eps=None, *, out=No
     >>> s, y
     (array([[3., 4.]]), array([[0.84852814, 1.13137085]]))
     """
-    y, s, _, _ = _forward(x, normalized_shape, weight, None, eps, out, False, rms=True,
-                          residual=residual, sum_out=sum_out, fused=True)
-    return y, s
+    return _fused_forward(x, residual, normalized_shape, weight, None, eps, out, sum_out,
+                          True)[:2]
 
 
 def add_rms_norm_forward(x, residual, normalized_shape, weight=None, eps=None, *, out=None,
                          sum_out=None):
     """`add_rms_norm` that also returns rstd of s: ``(y, s, rstd)``."""
-    y, s, _, rstd = _forward(x, normalized_shape, weight, None, eps, out, True, rms=True,
-                             residual=residual, sum_out=sum_out, fused=True)
+    y, s, _, rstd = _fused_forward(x, residual, normalized_shape, weight, None, eps, out,
+                                   sum_out, True)
     return y, s, rstd
 
 
