@@ -109,7 +109,7 @@ class RMSNorm:
     >>> import numpy as np, fastln
     >>> norm = fastln.RMSNorm(2, eps=0.0)
     >>> norm(np.array([[3.0, 4.0]], dtype=np.float32))
-    array([[0.8485281, 1.1313709]], dtype=float32)
+    array([[0.84852815, 1.1313709 ]], dtype=float32)
     """
 
     def __init__(self, normalized_shape, eps=None, elementwise_affine=True, dtype=np.float32):
