@@ -6,7 +6,7 @@ import pytest
 import fastln
 from fastln import _ops
 
-BIG = (2048, 4096)          # float32: 32 MiB, the smallest pooled size
+BIG = (2048, 4096)          # float32: 32 MiB, well above the smallest pooled size (4 MiB)
 
 
 @pytest.fixture
@@ -85,3 +85,20 @@ def test_zero_turns_it_off_and_frees(pool):
 def test_bad_limit(value, exc):
     with pytest.raises(exc, match="max_bytes"):
         fastln.set_output_pool(value)
+
+
+def test_fused_outputs_pooled_together(pool):
+    """A loop over add_layer_norm holds the old y and s while the new ones are made: the pool
+    keeps enough arrays that, once warm, no call needs a fresh one."""
+    x = _x(1)
+    r = _x(2)
+    y, s = fastln.add_layer_norm(x, r, BIG[-1])
+    y, s = fastln.add_layer_norm(x, r, BIG[-1])       # the first pair is still held until here
+    ids = {id(y), id(s)}
+    for _ in range(3):
+        y2, s2 = fastln.add_layer_norm(x, r, BIG[-1])
+        y, s = y2, s2
+        ids |= {id(y), id(s)}
+    spares = _ops._pool[BIG, np.dtype(np.float32)]
+    assert len(spares) == 4 and ids <= {id(a) for a in spares}
+    np.testing.assert_array_equal(s, x + r)

@@ -247,12 +247,15 @@ def _plain_param(a, nshape, dtype, default):
     return None
 
 
-# Outputs of 32 MiB and more. glibc serves such sizes with a fresh mmap and unmaps them on free,
-# so every call would pay for the kernel zeroing new pages (about one more write of the output).
-# Like ONNX Runtime's arena, fastln keeps a couple of such outputs once the caller has dropped
-# them and hands them out again; `set_output_pool` bounds or disables what it keeps.
-_POOL_MIN_BYTES = 32 << 20
-_POOL_PER_SHAPE = 2                 # a loop `y = f(x)` holds the old y while making the new one
+# Outputs of 4 MiB and more. glibc serves such sizes with fresh pages (a new mmap, or heap it
+# trimmed and grows again), so every call would pay for the kernel zeroing them: about one more
+# write of the output, and up to 10x that when two such outputs are made at once (measured here:
+# two fresh 25 MB arrays took 9.5 ms to fill, one 0.9 ms, as only the first got huge pages).
+# Like ONNX Runtime's arena, fastln keeps a few such outputs once the caller has dropped them and
+# hands them out again; `set_output_pool` bounds or disables what it keeps.
+_POOL_MIN_BYTES = 4 << 20
+# A loop `y, s = add_layer_norm(x, r, ...)` holds the old y and s while making the new ones.
+_POOL_PER_SHAPE = 4
 _pool_max_bytes = 1 << 30
 _pool = {}                          # (shape, dtype) -> arrays that results were made in
 
@@ -260,7 +263,7 @@ _pool = {}                          # (shape, dtype) -> arrays that results were
 def _fresh(x):
     """An uninitialized array of x's shape and dtype, reused from the pool when one is free."""
     nbytes = x.nbytes
-    if nbytes < _POOL_MIN_BYTES or nbytes * _POOL_PER_SHAPE > _pool_max_bytes:
+    if nbytes < _POOL_MIN_BYTES or nbytes * 2 > _pool_max_bytes:
         return _cpu.empty(x, 0, x.ndim)
     spares = _pool.setdefault((x.shape, x.dtype), [])
     for a in spares:
@@ -277,7 +280,7 @@ def _pooled_bytes():
 
 
 def set_output_pool(max_bytes):
-    """Bound the memory fastln keeps for reusing large outputs (32 MiB and more).
+    """Bound the memory fastln keeps for reusing large outputs (4 MiB and more).
 
     A new result of that size is made in an array fastln made before, once the caller holds no
     reference to it (nor to any view of it), which saves the operating system's zeroing of
