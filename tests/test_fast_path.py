@@ -204,3 +204,20 @@ def test_empty():
         assert a.shape == x.shape[start:stop] and a.dtype == x.dtype and a.flags.c_contiguous
     with pytest.raises(ValueError):
         _cpu.empty(x, 2, 4)
+
+
+@pytest.mark.parametrize("op", ["rms_norm", "add_layer_norm", "add_rms_norm"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_new_ops_fast_path_matches_general(rng, general_calls, op, dtype):
+    x, r = (rng.standard_normal((8, 96)).astype(dtype) for _ in range(2))
+    w = rng.standard_normal(96).astype(np.float32 if dtype == np.float16 else dtype)
+    fused = op.startswith("add_")
+    fn = getattr(fastln, op)
+    args = (x, r) if fused else (x,)
+    fast = fn(*args, 96, w)
+    assert general_calls[0] == 0, "plain input left the fast path"
+    slow = fn(*(a.view(Sub) for a in args), 96, list(w))
+    assert general_calls[0] == 1
+    for got, want in zip(fast if fused else (fast,), slow if fused else (slow,)):
+        assert type(got) is np.ndarray and got.dtype == dtype
+        np.testing.assert_array_equal(got, want)

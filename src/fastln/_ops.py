@@ -67,6 +67,7 @@ def _stat_dtype(dtype):
     return _F32 if _is_half(dtype) else dtype
 
 
+@lru_cache(maxsize=16)
 def _default_rms_eps(dtype):
     mod = _ml_dtypes()
     return float(mod.finfo(dtype).eps if mod is not None else np.finfo(dtype).eps)
@@ -191,13 +192,20 @@ def _param(name, a, normalized_shape, dtype, default):
 # input that must raise included, takes the general path, which checks it in full; both paths
 # end in the same out= check and the same kernel call.
 
-def _plain_forward_inputs(x, normalized_shape, weight, bias, eps):
+def _plain_forward_inputs(x, normalized_shape, weight, bias, eps, residual=None):
     """(normalized_shape as a tuple, weight, bias) as the general path makes them, if it would
-    convert nothing; else None."""
+    convert nothing; else None. A `residual` must match x exactly."""
     if not (type(x) is np.ndarray and type(eps) is float and 0.0 <= eps < math.inf):
         return None
     dtype, shape = x.dtype, x.shape
-    if not (dtype is _F32 or dtype is _F64):
+    if dtype is _F16:
+        pdtype = _F32                   # float16 data with float32 weight and bias
+    elif dtype is _F32 or dtype is _F64:
+        pdtype = dtype
+    else:
+        return None
+    if residual is not None and not (type(residual) is np.ndarray and residual.dtype is dtype
+                                     and residual.shape == shape and _cpu.plain(residual)):
         return None
     if type(normalized_shape) is int:
         nshape = shape[-1:]
@@ -211,8 +219,8 @@ def _plain_forward_inputs(x, normalized_shape, weight, bias, eps):
                 return None
     else:
         return None
-    w = _plain_param(weight, nshape, dtype, 1)
-    b = _plain_param(bias, nshape, dtype, 0)
+    w = _plain_param(weight, nshape, pdtype, 1)
+    b = _plain_param(bias, nshape, pdtype, 0)
     if w is None or b is None or not _cpu.plain(x, w, b):
         return None
     return nshape, w, b
@@ -379,7 +387,9 @@ def _stats(x, nshape, rms):
 def _forward(x, normalized_shape, weight, bias, eps, out, with_stats, rms=False):
     """The forward of LayerNorm, or (rms) RMSNorm: (y, mean, rstd), the statistics None unless
     with_stats, mean for RMSNorm."""
-    plain = None if rms else _plain_forward_inputs(x, normalized_shape, weight, bias, eps)
+    if rms and eps is None and isinstance(x, np.ndarray) and _kind(x.dtype) is not None:
+        eps = _default_rms_eps(x.dtype)
+    plain = _plain_forward_inputs(x, normalized_shape, weight, bias, eps)
     if plain is not None:
         nshape, w, b = plain
     else:
@@ -396,11 +406,22 @@ def _fused_forward(x, residual, normalized_shape, weight, bias, eps, out, sum_ou
     """The forward of the fused residual add + norm: (y, s, mean, rstd)."""
     if residual is None:
         raise TypeError("residual must be an array of x's shape and dtype, got None")
-    x, nshape, w, b, eps, residual = _checked_inputs(x, normalized_shape, weight, bias, eps, rms,
-                                                     residual)
-    inputs = {"x": x, "residual": residual}
-    s, target_s, copy_s = _output(sum_out, x, w, b, "sum_out", inputs, {"out": out})
-    y, target, copy_to = _output(out, x, w, b, "out", inputs, {"sum_out": sum_out})
+    if rms and eps is None and isinstance(x, np.ndarray) and _kind(x.dtype) is not None:
+        eps = _default_rms_eps(x.dtype)
+    plain = _plain_forward_inputs(x, normalized_shape, weight, bias, eps, residual)
+    if plain is not None:
+        nshape, w, b = plain
+    else:
+        x, nshape, w, b, eps, residual = _checked_inputs(x, normalized_shape, weight, bias, eps,
+                                                         rms, residual)
+    if out is None and sum_out is None:
+        s = target_s = _fresh(x)
+        y = target = _fresh(x)
+        copy_s = copy_to = None
+    else:
+        inputs = {"x": x, "residual": residual}
+        s, target_s, copy_s = _output(sum_out, x, w, b, "sum_out", inputs, {"out": out})
+        y, target, copy_to = _output(out, x, w, b, "out", inputs, {"sum_out": sum_out})
     mean, rstd = _stats(x, nshape, rms)
     _cpu.norm_forward(_kind(x.dtype), x, residual, w, b, target_s, target, mean, rstd, eps, rms)
     for dst, src in ((copy_to, target), (copy_s, target_s)):
