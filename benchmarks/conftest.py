@@ -37,11 +37,18 @@ def threads():
 
 
 @pytest.fixture(scope="module")
-def data(shape, dtype):
-    """x, weight, bias, dy, a preallocated y, and the forward's mean and rstd, for one case."""
-    x, w, b, dy = _bench.workload(shape, dtype)
-    _, mean, rstd = fastln.layer_norm_forward(x, shape[-1], w, b)
-    return {"x": x, "w": w, "b": b, "dy": dy, "y": x.copy(), "mean": mean, "rstd": rstd}
+def workload():
+    """What a module times: layer_norm, unless it parametrizes `workload` itself."""
+    return "layer_norm"
+
+
+@pytest.fixture(scope="module")
+def data(workload, shape, dtype):
+    """`fastln._bench.bench_arrays` of one case: x, weight, bias, dy, a preallocated out, the
+    forward's statistics, and for add + norm the residual, dsum, s and sum_out."""
+    if dtype == "bfloat16":
+        pytest.importorskip("ml_dtypes", reason="bfloat16 needs ml_dtypes")
+    return _bench.bench_arrays(shape, dtype, workload)
 
 
 def _plan(fn):
@@ -63,19 +70,22 @@ def _plan(fn):
 
 
 @pytest.fixture
-def run(benchmark, threads):
+def run(benchmark, threads, workload):
     """run(op, shape, dtype, fn, moves=op, note=None): time ``fn()`` in the table of `op`.
 
-    `moves` names whose byte count applies ("copy" for the copy floor shown beside an op).
-    Records threads, SIMD path, the bytes moved, the GB/s that makes and `note` in
-    ``extra_info``.
+    The group is "{op} {shape} {dtype}", after the workload's name for all but layer_norm
+    ("rms_norm forward 8192x768 float32"). `moves` names whose byte count applies ("copy" for the
+    copy floor shown beside an op). Records workload, threads, SIMD path, the bytes moved, the
+    GB/s that makes and `note` in ``extra_info``.
     """
     def run(op, shape, dtype, fn, moves=None, note=None):
-        benchmark.group = f"{op} {'x'.join(map(str, shape))} {dtype}"
-        nbytes = _bench.op_bytes(moves or op, shape, dtype)
+        group = f"{op} {'x'.join(map(str, shape))} {dtype}"
+        benchmark.group = group if workload == "layer_norm" else f"{workload} {group}"
+        nbytes = _bench.op_bytes(moves or op, shape, dtype, workload)
         rounds, iterations = _plan(fn)
         benchmark.pedantic(fn, rounds=rounds, iterations=iterations)
-        benchmark.extra_info.update(threads=threads, simd_path=_cpu.simd_path(), bytes=nbytes)
+        benchmark.extra_info.update(workload=workload, threads=threads,
+                                    simd_path=_cpu.simd_path(), bytes=nbytes)
         if note:
             benchmark.extra_info["note"] = note
         if benchmark.stats is not None:           # None under --benchmark-disable

@@ -36,7 +36,7 @@ def _torch():
 @pytest.mark.parametrize("op", ["forward", "backward"])
 def test_copy(run, data, shape, dtype, op):
     """np.copyto of x into a preallocated array: read x, write y."""
-    x, y = data["x"], data["y"]
+    x, y = data["x"], data["out"]
     run(op, shape, dtype, lambda: np.copyto(y, x), moves="copy",
         note=BACKWARD_NOTE if op == "backward" else None)
 
@@ -48,7 +48,7 @@ def test_copy_threaded(run, data, shape, dtype, op, threads):
         pytest.skip("one thread: the same as test_copy")
     if data["x"].nbytes < 1 << 20:
         pytest.skip("under 1 MB, waking threads costs more than the copy: see test_copy")
-    copy = _bench.ThreadedCopy(data["y"], data["x"], threads)
+    copy = _bench.ThreadedCopy(data["out"], data["x"], threads)
     try:
         run(op, shape, dtype, copy, moves="copy",
             note=BACKWARD_NOTE if op == "backward" else None)
@@ -60,7 +60,7 @@ def test_copy_threaded(run, data, shape, dtype, op, threads):
 # forward
 
 def test_forward_fastln_out(run, data, shape, dtype):
-    x, w, b, y = data["x"], data["w"], data["b"], data["y"]
+    x, w, b, y = data["x"], data["w"], data["b"], data["out"]
     n = shape[-1]
     run("forward", shape, dtype, lambda: fastln.layer_norm(x, n, w, b, out=y))
 

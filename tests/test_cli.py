@@ -4,16 +4,17 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import fastln
-from fastln import _bench, _check, _cpu, _report
+from fastln import _bench, _check, _cpu, _ops, _report
 from fastln.__main__ import main
 
-RESULT_KEYS = {"impl", "op", "shape", "dtype", "threads", "simd_path", "median_s", "bytes",
-               "gbps", "ratio_to_copy"}
+RESULT_KEYS = {"workload", "impl", "op", "shape", "dtype", "threads", "simd_path", "median_s",
+               "bytes", "gbps", "ratio_to_copy"}
 SUMMARY_TITLES = ["shape", "MB", "fwd out= x copy", "fwd fresh x copy", "bwd x copy",
                   "fwd vs torch", "fwd vs ORT", "bwd vs torch"]
 
@@ -187,7 +188,8 @@ def test_summary_ratios():
                _result("onnxruntime", "forward", 2.5),
                _result("copy", "copy", 2.0, (2, 4)), _result("fastln", "forward", 3.0, (2, 4))]
     one, two = _report.summary(results)
-    assert one == {"shape": [4, 8], "dtype": "float32", "mb": 128e-6, "fwd_out_x_copy": 1.1,
+    assert one == {"workload": "layer_norm", "shape": [4, 8], "dtype": "float32", "mb": 128e-6,
+                   "fwd_out_x_copy": 1.1,
                    "fwd_fresh_x_copy": 1.25, "bwd_x_copy": 1.5, "fwd_vs_torch": 4.0,
                    "fwd_vs_onnxruntime": 2.0, "bwd_vs_torch": 4.0}
     assert two["fwd_fresh_x_copy"] == 1.5 and two["fwd_vs_torch"] is None
@@ -225,12 +227,13 @@ def test_bench_plot_without_matplotlib(tmp_path):
     assert r.stdout == "" and not png.exists()
 
 
-def test_bench_without_peers():
+@pytest.mark.parametrize("op", ["layer_norm", "all"])
+def test_bench_without_peers(op):
     """Peers that are missing are skipped, and said so once."""
     code = ("import sys\n"
             "for name in ('torch', 'onnxruntime', 'onnx'): sys.modules[name] = None\n"
             "from fastln.__main__ import main\n"
-            "sys.exit(main(['bench', '--shapes', '2x8', '--repeat', '2']))\n")
+            f"sys.exit(main(['bench', '--op', {op!r}, '--shapes', '2x8', '--repeat', '2']))\n")
     r = run_cli(code=code)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("not installed") == 1
@@ -246,6 +249,10 @@ def test_bench_without_peers():
     (["bench", "--repeat", "0"], "expected a positive int"),
     (["bench", "--threads", "two"], "expected a positive int"),
     (["bench", "--from-json", "b.json", "--threads", "2"], "--from-json reports a saved run"),
+    (["bench", "--op", "softmax"], "invalid choice: 'softmax'"),
+    (["bench", "--op"], "expected one argument"),
+    (["bench", "--dtype", "float128"], "invalid choice: 'float128'"),
+    (["bench", "--from-json", "b.json", "--op", "rms_norm"], "--from-json reports a saved run"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     ([], "required"),
 ])
@@ -261,3 +268,190 @@ def test_bad_arguments(args, message, capsys):
 def test_help_returns_zero(capsys):
     assert main(["--help"]) == 0
     assert "info" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# fastln bench --op: RMSNorm, the fused add + norm, and 16-bit data
+
+NEW_OPS = ["rms_norm", "add_layer_norm", "add_rms_norm"]
+HAS_TORCH = _bench.peer("torch") is not None
+HAS_ORT = _bench.peer("onnxruntime") is not None and _bench.peer("onnx") is not None
+SAVED_RUN = Path(__file__).parents[1] / "benchmarks" / "results" / "cpu-2026-11-22.json"
+
+
+@pytest.mark.parametrize("op", NEW_OPS)
+def test_bench_op(op, tmp_path, capsys):
+    """Each workload times fastln, the reference, its own peers and its copy floor."""
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--op", op, "--shapes", "2x8,3x16", "--repeat", "2", "--threads", "1",
+                 "--json", str(out)]) == 0
+    table, summary = capsys.readouterr().out.split("\nsummary\n")
+    assert f"{op}: {_bench.WORKLOADS[op][0]}" in table.splitlines()
+    rows = [line.split() for line in table.splitlines()]
+    expected = {("copy", "copy"), ("forward", "fastln (out=)"), ("forward", "fastln"),
+                ("backward", "fastln"), ("forward", "numpy reference")}
+    if HAS_TORCH:
+        expected |= {("forward", "torch"), ("backward", "torch autograd")}
+    if HAS_ORT:
+        expected.add(("forward", "onnxruntime"))
+    for shape in ("2x8", "3x16"):
+        assert {(row[1], " ".join(row[2:-3])) for row in rows if row[:1] == [shape]} == expected
+    title = summary.splitlines()[0]
+    assert title.startswith(f"{op}: {_bench.WORKLOADS[op][0]}")
+    assert (_bench.WORKLOADS[op][1] in title) == HAS_TORCH
+    assert (_bench.ONNX_OPS[op][0] in title) == HAS_ORT
+    data = json.loads(out.read_text())
+    assert data["run"]["op"] == op
+    assert data["run"]["command"].startswith(f"fastln bench --op {op} --dtype float32")
+    for res in data["results"]:
+        assert set(res) == RESULT_KEYS and res["workload"] == op
+        assert res["bytes"] == _bench.op_bytes(res["op"], res["shape"], "float32", op)
+        if res["op"] == "copy":
+            assert res["ratio_to_copy"] == 1.0
+
+
+def test_bench_all_ops(tmp_path):
+    """--op all: one titled markdown table per workload, reported again from its --json."""
+    out = tmp_path / "bench.json"
+    r = run_cli("bench", "--op", "all", "--shapes", "2x8", "--repeat", "2", "--threads", "1",
+                "--json", str(out), "--markdown")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "LayerNorm, RMSNorm, add + LayerNorm, add + RMSNorm, float32, 1 thread(s)" in lines[0]
+    assert ("`fastln bench --op all --dtype float32 --threads 1 --shapes 2x8 --repeat 2`"
+            in lines[0])
+    titles = [line for line in lines if line.startswith("`")]
+    assert [t.split("`")[1] for t in titles] == list(_bench.WORKLOADS)
+    assert sum(line.startswith("| shape | MB |") for line in lines) == 4
+    assert sum(line.startswith("| 2x8 |") for line in lines) == 4
+    assert lines[-1].startswith("x copy:")
+    again = run_cli("bench", "--from-json", str(out), "--markdown")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == r.stdout
+    for workload, (title, _) in _bench.WORKLOADS.items():
+        assert f"{workload}: {title}\n" in again.stderr        # the timing table, titled
+
+
+@pytest.mark.parametrize("dtype, op", [("float16", "add_rms_norm"), ("bfloat16", "layer_norm"),
+                                       ("bfloat16", "add_layer_norm"),
+                                       ("float64", "add_layer_norm")])
+def test_bench_dtypes(dtype, op, tmp_path, capsys):
+    """16-bit data are timed like the others; a peer that rejects a dtype is skipped, and said."""
+    if dtype == "bfloat16":
+        pytest.importorskip("ml_dtypes")
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--op", op, "--dtype", dtype, "--shapes", "2x8", "--repeat", "2",
+                 "--threads", "1", "--json", str(out)]) == 0
+    err = capsys.readouterr().err
+    results = json.loads(out.read_text())["results"]
+    assert {res["dtype"] for res in results} == {dtype}
+    impls = {(res["impl"], res["op"]) for res in results}
+    assert {("copy", "copy"), ("fastln (out=)", "forward"), ("fastln", "forward"),
+            ("fastln", "backward"), ("numpy reference", "forward")} <= impls
+    if HAS_TORCH:
+        assert {("torch", "forward"), ("torch autograd", "backward")} <= impls
+    if HAS_ORT:
+        # ONNX Runtime's Skip operators take no float64; others may lack 16-bit kernels.
+        skipped = f"onnxruntime: skipped {op} 2x8 {dtype}" in err
+        assert skipped != (("onnxruntime", "forward") in impls)
+        assert skipped or dtype != "float64"
+    copy = next(res for res in results if res["op"] == "copy")
+    assert copy["bytes"] == (4 if op.startswith("add_") else 2) * 16 * (
+        8 if dtype == "float64" else 2)
+
+
+def test_bench_bfloat16_without_ml_dtypes(monkeypatch, capsys):
+    """Said at once, before anything is measured."""
+    monkeypatch.setattr(_ops, "_ml_dtypes", lambda: None)
+    assert main(["bench", "--dtype", "bfloat16", "--shapes", "2x8", "--repeat", "2"]) == 1
+    captured = capsys.readouterr()
+    assert "--dtype bfloat16" in captured.err and "pip install ml_dtypes" in captured.err
+    assert captured.out == ""
+
+
+def test_bench_from_old_json(tmp_path, capsys):
+    """A file from before --op (no "workload", "bytes" or "run") reports as LayerNorm's, in the
+    tables of then."""
+    old = tmp_path / "old.json"
+    results = [_result("copy", "copy", 1.0), _result("fastln", "forward", 1.5),
+               _result("fastln", "backward", 2.0), _result("torch", "forward", 3.0)]
+    old.write_text(json.dumps({"results": [{k: v for k, v in res.items() if k != "bytes"}
+                                           for res in results]}))
+    assert main(["bench", "--from-json", str(old), "--markdown"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert " LayerNorm, float32, 2 thread(s)" in lines[0]
+    assert "`fastln bench --dtype float32 --threads 2 --shapes 4x8`" in lines[0]
+    assert lines[2].startswith("| shape | MB | fwd fresh x copy | bwd x copy | fwd vs torch |")
+    assert lines[4] == "| 4x8 | 0.000 | 1.50x | 2.00x | 2.00x |"
+    assert captured.err.splitlines()[0] == _report.table_header()       # untitled
+    assert main(["bench", "--from-json", str(old)]) == 0
+    assert capsys.readouterr().out.split("\nsummary\n")[1].startswith("shape ")
+    if SAVED_RUN.exists():                  # the README's table, from the saved run
+        assert main(["bench", "--from-json", str(SAVED_RUN), "--markdown"]) == 0
+        out = capsys.readouterr().out
+        assert "| 65536x1024 | 268 | " in out
+        assert "`fastln bench --dtype float32 --threads 2`" in out
+
+
+def test_op_bytes():
+    """Each workload's least bytes moved; 16-bit data keep float32 weights and statistics."""
+    shape, size, n, rows = (6, 8), 48, 8, 6
+    assert _bench.op_bytes("copy", shape, "float32") == 4 * 2 * size
+    assert _bench.op_bytes("forward", shape, "float32") == 4 * (2 * size + 2 * n)
+    assert _bench.op_bytes("backward", shape, "float64") == 8 * (3 * size + 3 * n + 2 * rows)
+    assert _bench.op_bytes("forward", shape, "float32", "rms_norm") == 4 * (2 * size + n)
+    assert (_bench.op_bytes("backward", shape, "float32", "rms_norm")
+            == 4 * (3 * size + 2 * n + rows))
+    for workload in ("add_layer_norm", "add_rms_norm"):
+        assert _bench.op_bytes("copy", shape, "float32", workload) == 4 * 4 * size
+    assert (_bench.op_bytes("forward", shape, "float32", "add_layer_norm")
+            == 4 * (4 * size + 2 * n))
+    assert (_bench.op_bytes("backward", shape, "float32", "add_rms_norm")
+            == 4 * (4 * size + 2 * n + rows))
+    assert (_bench.op_bytes("backward", shape, "bfloat16", "add_layer_norm")
+            == 2 * 4 * size + 4 * (3 * n + 2 * rows))
+    assert _bench.op_bytes("forward", shape, "float16") == 2 * 2 * size + 4 * 2 * n
+    with pytest.raises(ValueError, match="unknown op 'softmax'"):
+        _bench.op_bytes("copy", shape, "float32", "softmax")
+
+
+def test_copy_floor_of_two_arrays():
+    """The add + norm floor copies x into out and the residual into sum_out, threaded or not."""
+    a = _bench.bench_arrays((5, 7), "float32", "add_rms_norm")
+    pairs = _bench.copy_pairs(a)
+    assert [(d is a["out"], s is a["x"]) for d, s in pairs[:1]] == [(True, True)]
+    assert pairs[1][0] is a["sum_out"] and pairs[1][1] is a["r"]
+    _bench.copy_call(pairs)()
+    assert np.array_equal(a["out"], a["x"]) and np.array_equal(a["sum_out"], a["r"])
+    y, s = np.zeros_like(a["x"]), np.zeros_like(a["r"])
+    copy = _bench.ThreadedCopy((y, s), (a["x"], a["r"]), 3)
+    try:
+        copy()
+    finally:
+        copy.close()
+    assert np.array_equal(y, a["x"]) and np.array_equal(s, a["r"])
+
+
+def test_summary_per_workload(tmp_path):
+    """A table per workload, titled with the peers' operators that were measured."""
+    results = [_result("copy", "copy", 1.0), _result("fastln", "forward", 1.5),
+               _result("torch", "forward", 3.0)]
+    results += [dict(res, workload="add_rms_norm") for res in
+                [_result("copy", "copy", 2.0), _result("fastln", "forward", 2.5),
+                 _result("onnxruntime", "forward", 5.0)]]
+    rows = _report.summary(results)
+    assert [(row["workload"], row["fwd_fresh_x_copy"]) for row in rows] == [
+        ("layer_norm", 1.5), ("add_rms_norm", 1.25)]
+    text = _report.summary_text(results).splitlines()
+    assert text[0] == "layer_norm: LayerNorm; vs torch: F.layer_norm"
+    at = text.index("add_rms_norm: add + RMSNorm; vs ORT: SkipSimplifiedLayerNormalization")
+    assert text[at + 1].split() == ["shape", "MB", "fwd", "fresh", "x", "copy", "fwd", "vs", "ORT"]
+    assert text[at + 2].split() == ["4x8", "0.000", "1.25x", "2.00x"]
+    md = _report.markdown({"results": results})
+    assert "\n`layer_norm`: LayerNorm; vs torch: `F.layer_norm`\n" in md
+    assert "| 4x8 | 0.000 | 1.25x | 2.00x |" in md
+    if _bench.peer("matplotlib") is not None:
+        png = tmp_path / "bench.png"
+        _report.plot({"results": results}, png)
+        assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")

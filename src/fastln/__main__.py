@@ -89,8 +89,31 @@ def _load(path):
         missing = {"impl", "op", "shape", "dtype", "median_s", "gbps", "ratio_to_copy"} - set(r)
         if missing:
             raise ValueError(f"a result lacks {', '.join(sorted(missing))}")
-        r.setdefault("bytes", _bench.op_bytes(r["op"], r["shape"], r["dtype"]))
+        r.setdefault("workload", _report.DEFAULT_WORKLOAD)
+        r.setdefault("bytes", _bench.op_bytes(r["op"], r["shape"], r["dtype"], r["workload"]))
     return report
+
+
+class _TableLog:
+    """Prints results as rows of the timing table, under a header per workload; titled with the
+    workload unless the rows are LayerNorm's alone (which print as before there were others)."""
+
+    def __init__(self, file, titled):
+        self.file, self.titled, self.workload = file, titled, None
+
+    def header(self, workload):
+        if self.titled:
+            if self.workload is not None:
+                print(file=self.file)
+            print(f"{workload}: {_bench.WORKLOADS.get(workload, (workload,))[0]}", file=self.file)
+        if self.titled or self.workload is None:
+            print(_report.table_header(), file=self.file, flush=True)
+        self.workload = workload
+
+    def __call__(self, r):
+        if _report.workload_of(r) != self.workload:
+            self.header(_report.workload_of(r))
+        print(_report.table_row(r), file=self.file, flush=True)
 
 
 def cmd_bench(args):
@@ -105,27 +128,34 @@ def cmd_bench(args):
     if args.from_json:
         try:
             report = _load(args.from_json)
-            print(_report.table_header(), file=log)
+            table = _TableLog(log, _report.titled(_report.by_workload(report["results"])))
             for r in report["results"]:
-                print(_report.table_row(r), file=log)
+                table(r)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             print(f"fastln bench: error: cannot read {args.from_json}: {exc}", file=sys.stderr)
             return 1
     else:
         dtype = args.dtype or "float32"
+        op = args.op or "layer_norm"
+        try:
+            _bench.data_dtype(dtype)
+        except ImportError as exc:      # bfloat16 without ml_dtypes
+            print(f"fastln bench: error: --dtype {dtype}: {exc}", file=sys.stderr)
+            return 1
         threads = args.threads or fastln.get_num_threads()
         missing = _bench.missing_peers()
         print(f"fastln {fastln.__version__}, SIMD path {_cpu.simd_path()}, {threads} thread(s), "
-              f"{dtype}; median of many calls; 'x copy' = time / time of copying x", file=log)
+              f"{dtype}; median of many calls; 'x copy' = time / time of copying the inputs "
+              f"(x, and the residual for add + norm)", file=log)
         if missing:
             print(f"not installed, skipped: {', '.join(missing)}", file=log)
         busy = _bench.busy_cpus()
         if busy is not None and busy > _bench.BUSY_WARNING:
             print(f"warning: {_report.busy_note(busy)}", file=log)
-        print(_report.table_header(), file=log)
-        report = _bench.bench_report(args.shapes, dtype, threads, args.repeat,
-                                     log=lambda r: print(_report.table_row(r), file=log,
-                                                         flush=True), busy=busy)
+        table = _TableLog(log, op != _report.DEFAULT_WORKLOAD)
+        table.header(_bench.workloads(op)[0])   # now, before the first shape is done
+        report = _bench.bench_report(args.shapes, dtype, threads, args.repeat, log=table,
+                                     busy=busy, op=op)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
@@ -152,8 +182,13 @@ def parser():
     s.set_defaults(func=cmd_check)
 
     s = sub.add_parser("bench", help="time fastln beside a copy, NumPy, PyTorch and ONNX Runtime")
-    s.add_argument("--dtype", choices=["float32", "float64"], default=None,
-                   help="data type (default float32); the copy floor copies the same bytes")
+    s.add_argument("--op", choices=[*_bench.WORKLOADS, "all"], default=None,
+                   help="what to time (default layer_norm): layer_norm, rms_norm, the fused "
+                        "residual add + norm add_layer_norm and add_rms_norm, or all of them; "
+                        "each beside its own PyTorch and ONNX Runtime operators")
+    s.add_argument("--dtype", choices=list(_bench.DTYPES), default=None,
+                   help="data type (default float32; bfloat16 needs ml_dtypes); the copy floor "
+                        "copies the same bytes")
     s.add_argument("--shapes", type=_shapes, default=None,
                    help="comma-separated shapes, normalized over the last dim, e.g. 8192x768,1x768 "
                         "(default: 1x768 up to 65536x1024)")
@@ -181,7 +216,7 @@ def main(argv=None):
         p = parser()
         args = p.parse_args(argv)
         if args.command == "bench" and args.from_json:
-            given = [f"--{k}" for k in ("dtype", "shapes", "repeat", "threads")
+            given = [f"--{k}" for k in ("op", "dtype", "shapes", "repeat", "threads")
                      if getattr(args, k) is not None]
             if given:
                 p.error(f"--from-json reports a saved run: {', '.join(given)} cannot be changed")
