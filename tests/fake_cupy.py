@@ -68,10 +68,11 @@ class ndarray(np.ndarray):  # noqa: N801 - CuPy's name
 def empty(shape, dtype=np.float64):
     dtype = np.dtype(dtype)
     shape = (shape,) if np.ndim(shape) == 0 else tuple(shape)
-    nbytes = max(1, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
-    raw = np.empty(nbytes + 256, np.uint8)
+    size = int(np.prod(shape, dtype=np.int64))
+    raw = np.empty(size * dtype.itemsize + 256, np.uint8)
     start = -raw.__array_interface__["data"][0] % 256
-    return raw[start:start + nbytes].view(dtype)[:int(np.prod(shape))].reshape(shape).view(ndarray)
+    flat = raw[start:start + size * dtype.itemsize].view(dtype)
+    return flat.reshape(shape).view(ndarray)
 
 
 def zeros(shape, dtype=np.float64):

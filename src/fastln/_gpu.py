@@ -106,7 +106,8 @@ def _forward_name(t, w, vec, elems, rms, residual):
 
 
 def _forward_stream_name(t, w, rms, residual):
-    return f"fastln::forward_stream<{_C_TYPE[t]}, {_C_TYPE[w]}, {_c_bool(rms)}, {_c_bool(residual)}>"
+    return (f"fastln::forward_stream<{_C_TYPE[t]}, {_C_TYPE[w]}, {_c_bool(rms)}, "
+            f"{_c_bool(residual)}>")
 
 
 def _backward_name(t, w, vec, elems, rms):
@@ -143,7 +144,7 @@ def kernel_names():
     return names
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kernel(name, device):
     """The compiled kernel `name` (a name expression) for `device` (its id)."""
     cupy = _cupy()
@@ -151,7 +152,7 @@ def _kernel(name, device):
     return module.get_function(name)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _multiprocessors(device):
     return int(_cupy().cuda.Device(device).attributes["MultiProcessorCount"])
 
@@ -227,7 +228,7 @@ def _params(x, nshape, named):
         if a.shape != nshape:
             raise ValueError(f"{name} must have shape normalized_shape={nshape}, got {a.shape}")
         if a.dtype not in (_F32, _F16):
-            raise TypeError(f"{name} must be float32 or {x.dtype}, got dtype {a.dtype}")
+            raise TypeError(f"{name} must be float32 or float16, got dtype {a.dtype}")
     dtypes = {a.dtype for _, a in given}
     wdtype = x.dtype if dtypes <= {x.dtype} else _F32
     cupy = _cupy()
@@ -444,13 +445,15 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
 
     Examples
     --------
-    >>> import cupy, fastln                                      # doctest: +SKIP
-    >>> x = cupy.arange(8, dtype=cupy.float32).reshape(2, 4)     # doctest: +SKIP
-    >>> fastln.layer_norm(x, 4).round(4)                         # doctest: +SKIP
+    >>> import cupy, fastln
+    >>> x = cupy.arange(8, dtype=cupy.float32).reshape(2, 4)
+    >>> fastln.layer_norm(x, 4).round(4)
     array([[-1.3416, -0.4472,  0.4472,  1.3416],
            [-1.3416, -0.4472,  0.4472,  1.3416]], dtype=float32)
     """
-    return _forward(x, None, normalized_shape, weight, bias, eps, rms=False, stats=False, out=out)[0]
+    y, _, _, _ = _forward(x, None, normalized_shape, weight, bias, eps, rms=False, stats=False,
+                          out=out)
+    return y
 
 
 def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5):
@@ -464,7 +467,7 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5):
 
     Examples
     --------
-    >>> y, mean, rstd = fastln.layer_norm_forward(x, 4)          # doctest: +SKIP
+    >>> y, mean, rstd = fastln.layer_norm_forward(x, 4)
     """
     y, _, mean, rstd = _forward(x, None, normalized_shape, weight, bias, eps, rms=False, stats=True)
     return y, mean, rstd
@@ -493,7 +496,7 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None):
 
     Examples
     --------
-    >>> dx, dw, db = fastln.layer_norm_backward(cupy.ones_like(y), x, mean, rstd)  # doctest: +SKIP
+    >>> dx, dw, db = fastln.layer_norm_backward(cupy.ones_like(y), x, mean, rstd)
     """
     return _backward(dy, x, mean, rstd, weight, None, rms=False, xname="x")
 
@@ -506,7 +509,7 @@ def rms_norm(x, normalized_shape, weight=None, eps=None, *, out=None):
 
     Examples
     --------
-    >>> y = fastln.rms_norm(x, 4)                                # doctest: +SKIP
+    >>> y = fastln.rms_norm(x, 4)
     """
     return _forward(x, None, normalized_shape, weight, None, eps, rms=True, stats=False, out=out)[0]
 
@@ -516,7 +519,7 @@ def rms_norm_forward(x, normalized_shape, weight=None, eps=None):
 
     Examples
     --------
-    >>> y, rstd = fastln.rms_norm_forward(x, 4)                  # doctest: +SKIP
+    >>> y, rstd = fastln.rms_norm_forward(x, 4)
     """
     y, _, _, rstd = _forward(x, None, normalized_shape, weight, None, eps, rms=True, stats=True)
     return y, rstd
@@ -527,7 +530,7 @@ def rms_norm_backward(dy, x, rstd, weight=None):
 
     Examples
     --------
-    >>> dx, dw = fastln.rms_norm_backward(cupy.ones_like(y), x, rstd)  # doctest: +SKIP
+    >>> dx, dw = fastln.rms_norm_backward(cupy.ones_like(y), x, rstd)
     """
     dx, dweight, _ = _backward(dy, x, None, rstd, weight, None, rms=True, xname="x")
     return dx, dweight
@@ -552,9 +555,10 @@ def add_layer_norm(x, residual, normalized_shape, weight=None, bias=None, eps=1e
 
     Examples
     --------
-    >>> y, s = fastln.add_layer_norm(x, r, 4)                    # doctest: +SKIP
+    >>> y, s = fastln.add_layer_norm(x, r, 4)
     """
-    y, s, _, _ = _forward(x, residual, normalized_shape, weight, bias, eps, rms=False, stats=False, out=out, sum_out=sum_out)
+    y, s, _, _ = _forward(x, residual, normalized_shape, weight, bias, eps, rms=False, stats=False,
+                          out=out, sum_out=sum_out)
     return y, s
 
 
@@ -563,7 +567,7 @@ def add_layer_norm_forward(x, residual, normalized_shape, weight=None, bias=None
 
     Examples
     --------
-    >>> y, s, mean, rstd = fastln.add_layer_norm_forward(x, r, 4)  # doctest: +SKIP
+    >>> y, s, mean, rstd = fastln.add_layer_norm_forward(x, r, 4)
     """
     return _forward(x, residual, normalized_shape, weight, bias, eps, rms=False, stats=True)
 
@@ -576,7 +580,7 @@ def add_layer_norm_backward(dy, s, mean, rstd, weight=None, dsum=None):
 
     Examples
     --------
-    >>> grad_s, dw, db = fastln.add_layer_norm_backward(dy, s, mean, rstd, dsum=ds)  # doctest: +SKIP
+    >>> grad_s, dw, db = fastln.add_layer_norm_backward(dy, s, mean, rstd, dsum=ds)
     """
     return _backward(dy, s, mean, rstd, weight, dsum, rms=False, xname="s")
 
@@ -587,9 +591,10 @@ def add_rms_norm(x, residual, normalized_shape, weight=None, eps=None, *, out=No
 
     Examples
     --------
-    >>> y, s = fastln.add_rms_norm(x, r, 4)                      # doctest: +SKIP
+    >>> y, s = fastln.add_rms_norm(x, r, 4)
     """
-    y, s, _, _ = _forward(x, residual, normalized_shape, weight, None, eps, rms=True, stats=False, out=out, sum_out=sum_out)
+    y, s, _, _ = _forward(x, residual, normalized_shape, weight, None, eps, rms=True, stats=False,
+                          out=out, sum_out=sum_out)
     return y, s
 
 
@@ -598,7 +603,7 @@ def add_rms_norm_forward(x, residual, normalized_shape, weight=None, eps=None):
 
     Examples
     --------
-    >>> y, s, rstd = fastln.add_rms_norm_forward(x, r, 4)        # doctest: +SKIP
+    >>> y, s, rstd = fastln.add_rms_norm_forward(x, r, 4)
     """
     y, s, _, rstd = _forward(x, residual, normalized_shape, weight, None, eps, rms=True, stats=True)
     return y, s, rstd
@@ -609,7 +614,7 @@ def add_rms_norm_backward(dy, s, rstd, weight=None, dsum=None):
 
     Examples
     --------
-    >>> grad_s, dw = fastln.add_rms_norm_backward(dy, s, rstd, dsum=ds)  # doctest: +SKIP
+    >>> grad_s, dw = fastln.add_rms_norm_backward(dy, s, rstd, dsum=ds)
     """
     grad_s, dweight, _ = _backward(dy, s, None, rstd, weight, dsum, rms=True, xname="s")
     return grad_s, dweight

@@ -326,7 +326,6 @@ forward(const T* x, const T* residual,                           // IN (residual
                     Vec<VEC, T>::load(residual + base + (long long)i * VEC, r);
 #pragma unroll
                     for (int e = 0; e < VEC; ++e) v[k * VEC + e] = round_to<T>(v[k * VEC + e] + r[e]);
-                    Vec<VEC, T>::store(sum_out + base + (long long)i * VEC, v + k * VEC);
                 }
             }
         }
@@ -352,10 +351,7 @@ forward(const T* x, const T* residual,                           // IN (residual
             for (int k = 0; k < VPT; ++k) {
                 if (t + k * G < nvec) {
 #pragma unroll
-                    for (int e = 0; e < VEC; ++e) {
-                        v[k * VEC + e] -= pivot;
-                        sum += v[k * VEC + e];
-                    }
+                    for (int e = 0; e < VEC; ++e) sum += v[k * VEC + e] - pivot;
                     count += VEC;
                 }
             }
@@ -368,7 +364,7 @@ forward(const T* x, const T* residual,                           // IN (residual
                 if (t + k * G < nvec) {
 #pragma unroll
                     for (int e = 0; e < VEC; ++e) {
-                        const float d = v[k * VEC + e] - m.mean;
+                        const float d = (v[k * VEC + e] - pivot) - m.mean;
                         m.m2 += d * d;
                     }
                 }
@@ -380,15 +376,20 @@ forward(const T* x, const T* residual,                           // IN (residual
         }
         if (t == 0 && rstd_out) store1(rstd_out, row, rstd);
 
+        // Only now may s be stored: sum_out can be x or residual, whose first element every
+        // thread of the group has read (as the pivot) by the time the group's statistics exist.
 #pragma unroll
         for (int k = 0; k < VPT; ++k) {
             const int i = t + k * G;
             if (i < nvec) {
                 float w[VEC], b[VEC], o[VEC];
+                if (RESIDUAL) Vec<VEC, T>::store(sum_out + base + (long long)i * VEC, v + k * VEC);
                 load_weight<VEC>(weight, i, w);
                 load_bias<VEC>(bias, i, b);
 #pragma unroll
-                for (int e = 0; e < VEC; ++e) o[e] = (v[k * VEC + e] - shift) * rstd * w[e] + b[e];
+                for (int e = 0; e < VEC; ++e) {
+                    o[e] = ((v[k * VEC + e] - pivot) - shift) * rstd * w[e] + b[e];
+                }
                 Vec<VEC, T>::store(y + base + (long long)i * VEC, o);
             }
         }
@@ -412,6 +413,9 @@ forward_stream(const T* x, const T* residual, T* sum_out, const W* __restrict__ 
             pivot = RESIDUAL ? round_to<T>(load1(x, base) + load1(residual, base))
                              : load1(x, base);
         }
+        // With RESIDUAL, sum_out may be x or residual: every thread reads the pivot before any
+        // thread writes s over it.
+        if (RESIDUAL && !RMS) __syncthreads();
         float s[1] = {0.0f};
         for (int j = t; j < n; j += G) {
             float v;
