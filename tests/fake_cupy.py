@@ -9,7 +9,9 @@ would not: each kernel argument's size and kind, every global memory access agai
 passed, barriers that not every thread reaches.
 
 It is slow (about a microsecond per thread per barrier): tests keep to small shapes, and the
-multiprocessor count is 4 so that the backward's partial rows stay few.
+multiprocessor count is 4 so that the backward's partial rows stay few. The few other CuPy calls
+that benchmarks/gpu_bench.py makes are here too, so that a test can run it: events time on the
+host, and a RawKernel compiled from source (the benchmark's spin kernel) does nothing.
 """
 
 import ctypes
@@ -18,6 +20,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import types
 
 import numpy as np
@@ -43,11 +46,17 @@ class _Pointer:
     def __init__(self, ptr):
         self.ptr = ptr
 
+    def copy_from_device_async(self, src, size, stream=None):
+        ctypes.memmove(self.ptr, src.ptr, size)
+
 
 class _Device:
     def __init__(self, device=None):
         self.id = 0 if device is None else int(device)
-        self.attributes = {"MultiProcessorCount": MULTIPROCESSORS}
+        self.attributes = {"MultiProcessorCount": MULTIPROCESSORS, "ClockRate": 1_000_000}
+
+    def synchronize(self):
+        pass
 
 
 class ndarray(np.ndarray):  # noqa: N801 - CuPy's name
@@ -102,16 +111,48 @@ def ones_like(a):
     return out
 
 
+def empty_like(a):
+    return empty(a.shape, a.dtype)
+
+
+def copyto(dst, src):
+    dst[...] = src
+
+
+class _Generator:
+    def __init__(self, seed):
+        self._rng = np.random.default_rng(seed)
+
+    def standard_normal(self, size=None, dtype=np.float64):
+        return asarray(self._rng.standard_normal(size, dtype=dtype))
+
+
+random = types.SimpleNamespace(default_rng=_Generator)
+
+
 # ---------------------------------------------------------------------------------------------
 # CUDA runtime
 
 def _properties(device):
     return {"name": b"CPU emulator", "major": 9, "minor": 0,
-            "multiProcessorCount": MULTIPROCESSORS}
+            "multiProcessorCount": MULTIPROCESSORS, "totalGlobalMem": 1 << 30}
+
+
+class _Event:
+    def __init__(self):
+        self.time = None
+
+    def record(self, stream=None):
+        self.time = time.perf_counter()
+
+    def synchronize(self):
+        pass
 
 
 cuda = types.SimpleNamespace(
     Device=_Device,
+    Event=_Event,
+    get_elapsed_time=lambda start, end: (end.time - start.time) * 1e3,
     runtime=types.SimpleNamespace(
         getDeviceCount=lambda: 1,
         getDeviceProperties=_properties,
@@ -167,10 +208,20 @@ class RawModule:
     def get_function(self, name):
         if _library is None or name not in _library[1]:
             raise RuntimeError(f"{name} was not built into the emulator (fake_cupy.build)")
-        return RawKernel(name, getattr(_library[0], _library[1][name]))
+        return _EmulatedKernel(name, getattr(_library[0], _library[1][name]))
 
 
 class RawKernel:
+    """A kernel compiled from source by the caller: runs nothing here."""
+
+    def __init__(self, code, name, **kwargs):
+        self.name = name
+
+    def __call__(self, grid, block, args, *, shared_mem=0):
+        pass
+
+
+class _EmulatedKernel:
     num_regs = 64
 
     def __init__(self, name, entry):

@@ -12,7 +12,10 @@ at the end need no CuPy at all: the error without it, the dispatch test, the pac
 """
 
 import importlib.resources
+import importlib.util
+import json
 import math
+import os
 import subprocess
 import sys
 
@@ -525,6 +528,28 @@ def test_bad_dtypes_and_shapes(gpu):
         _gpu.layer_norm_backward(x, x, mean.astype(np.float64), rstd)
     with pytest.raises(ValueError, match="dsum must have the shape of s"):
         _gpu.add_rms_norm_backward(x, x, rstd, None, x[:1])
+
+
+def test_gpu_bench_runs(gpu, tmp_path, monkeypatch):
+    bench = _load_gpu_bench()
+    monkeypatch.setattr(bench, "FLUSH_BYTES", 1 << 20)
+    path = tmp_path / "run.json"
+    assert bench.main(["--shapes", "4x64,3x40", "--repeat", "2", "--warmup", "1", "--calls", "2",
+                       "--no-torch",
+                       "--json", str(path)]) == 0
+    report = json.loads(path.read_text())
+    assert report["environment"]["cupy"] == gpu.__version__
+    ops = {(r["impl"], r["op"], r["dtype"]) for r in report["results"]}
+    assert ("fastln", "backward", "float16") in ops and ("cupy", "copy (memcpy)", "float32") in ops
+    assert all(r["gbps"] > 0 and r["of_copy"] > 0 for r in report["results"])
+
+
+def _load_gpu_bench():
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "gpu_bench.py")
+    spec = importlib.util.spec_from_file_location("gpu_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_info_reports_compiled_kernels(gpu):
