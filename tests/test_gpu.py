@@ -574,6 +574,12 @@ def test_gpu_ops_without_cupy_say_what_to_install(no_cupy):
             call()
 
 
+def test_rows_wider_than_int32_are_refused():
+    with pytest.raises(ValueError, match="rows of 2\\*\\*31 values or more"):
+        _gpu._row_width((2**16, 2**15))
+    assert _gpu._row_width((2**16, 2**15 - 1)) == 2**31 - 2**16
+
+
 def test_is_gpu_array_without_cupy(no_cupy):
     assert not _gpu.is_gpu_array(np.ones(3))
     assert not _gpu.wants_gpu(np.ones(3), None, 1.0)
@@ -602,16 +608,41 @@ def test_numpy_input_never_imports_cupy():
 
 
 def test_public_ops_dispatch_cupy_arrays(gpu, rng):
+    """fastln's public ops hand CuPy input to this backend (once _ops.py dispatches), and a
+    mix of host and device arrays is refused by name, in either direction."""
     from fastln import _ops
     if not hasattr(_ops, "_gpu"):
         pytest.skip("fastln._ops does not dispatch to the GPU backend yet")
     import fastln
-    x = gpu.asarray(rng.standard_normal((3, 64)).astype(np.float32))
-    y = fastln.layer_norm(x, 64)
-    assert type(y) is gpu.ndarray
-    assert_same(y, _gpu.layer_norm(x, 64))
-    with pytest.raises(TypeError, match="weight is a numpy.ndarray"):
+    x_host = rng.standard_normal((3, 64)).astype(np.float32)
+    x, r, w = gpu.asarray(x_host), gpu.asarray(x_host[::-1].copy()), gpu.asarray(np.ones(64, F32))
+    calls = {
+        "layer_norm": (x, 64, w), "layer_norm_forward": (x, 64, w), "rms_norm": (x, 64, w),
+        "rms_norm_forward": (x, 64, w), "add_layer_norm": (x, r, 64, w),
+        "add_layer_norm_forward": (x, r, 64, w), "add_rms_norm": (x, r, 64, w),
+        "add_rms_norm_forward": (x, r, 64, w),
+    }
+    checked = 0
+    for name, args in calls.items():
+        if not hasattr(fastln, name):
+            continue   # a CPU op not there yet
+        got, want = getattr(fastln, name)(*args), getattr(_gpu, name)(*args)
+        for a, b in zip(got if isinstance(got, tuple) else (got,),
+                        want if isinstance(want, tuple) else (want,), strict=True):
+            assert type(a) is gpu.ndarray
+            assert_same(a, b)
+        checked += 1
+    assert checked >= 2
+    _, mean, rstd = fastln.layer_norm_forward(x, 64, w)
+    for a, b in zip(fastln.layer_norm_backward(x, x, mean, rstd, w),
+                    _gpu.layer_norm_backward(x, x, mean, rstd, w), strict=True):
+        assert_same(a, b)
+    with pytest.raises(TypeError, match="weight is a numpy.ndarray while x is a cupy.ndarray"):
         fastln.layer_norm(x, 64, np.ones(64, np.float32))
+    with pytest.raises(TypeError, match="x is a numpy.ndarray while weight is a cupy.ndarray"):
+        fastln.layer_norm(x_host, 64, w)
+    with pytest.raises(TypeError, match="dy is a numpy.ndarray while x is a cupy.ndarray"):
+        fastln.layer_norm_backward(x_host, x, mean, rstd)
 
 
 def test_kernel_sources_are_installed():

@@ -75,10 +75,18 @@ def is_gpu_array(a):
 
 def wants_gpu(*arrays):
     """True if any of `arrays` is a ``cupy.ndarray``: the call belongs to this backend (which
-    then refuses any host array among them, by name)."""
+    then refuses any host array among them, by name). A dict lookup when CuPy is not
+    imported, a few type checks when it is."""
     cupy = sys.modules.get("cupy")
+    if cupy is None:
+        return False
     ndarray = getattr(cupy, "ndarray", None)
-    return ndarray is not None and any(isinstance(a, ndarray) for a in arrays)
+    if ndarray is None:
+        return False
+    for a in arrays:
+        if a is not None and type(a) is not np.ndarray and isinstance(a, ndarray):
+            return True
+    return False
 
 
 def _cupy():
@@ -284,6 +292,15 @@ def _output(name, out, x, inputs, taken):
     return out, out, None
 
 
+def _row_width(nshape):
+    """Values per row; the kernels index a row with 32-bit ints."""
+    n = math.prod(nshape)
+    if n >= 2**31:
+        raise ValueError(f"rows of 2**31 values or more are not supported on the GPU, got "
+                         f"normalized_shape={nshape}")
+    return n
+
+
 def _aligned(n, vec, arrays):
     """The 16-byte vector path applies: whole vectors per row, every array 16-byte aligned."""
     return vec > 1 and n % vec == 0 and all(a.data.ptr % 16 == 0 for a in arrays if a is not None)
@@ -312,6 +329,7 @@ def _forward(x, residual, normalized_shape, weight, bias, eps, *, rms, stats, ou
     x = _data("x", x)
     nshape = _ops._normalized_shape(normalized_shape)
     _ops._check_shape(x, nshape)
+    n = _row_width(nshape)
     if rms and eps is None:
         eps = float(np.finfo(x.dtype).eps)
     eps = _ops._eps(eps)
@@ -328,7 +346,6 @@ def _forward(x, residual, normalized_shape, weight, bias, eps, *, rms, stats, ou
     lead = x.shape[:x.ndim - len(nshape)]
     mean = cupy.empty(lead, _F32) if stats and not rms else None
     rstd = cupy.empty(lead, _F32) if stats else None
-    n = math.prod(nshape)
     rows = x.size // n
     if rows:
         device = x.device.id
@@ -377,11 +394,11 @@ def _backward(dy, x, mean, rstd, weight, dsum, *, rms, xname):
         dsum = _like("dsum", dsum, x, xname)
     nshape = x.shape[len(lead):]
     _ops._check_shape(x, nshape)
+    n = _row_width(nshape)
     wdtype, (w,) = _params(x, nshape, [("weight", weight)])
     out_dtype = weight.dtype if weight is not None else _F32
     dy, x, mean, rstd, dsum = (None if a is None else cupy.ascontiguousarray(a)
                                for a in (dy, x, mean, rstd, dsum))
-    n = math.prod(nshape)
     rows = x.size // n
     dx = cupy.empty(x.shape, x.dtype)
     dweight = None if weight is None else cupy.empty(nshape, out_dtype)
