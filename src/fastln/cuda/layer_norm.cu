@@ -301,7 +301,7 @@ __global__ void __launch_bounds__(1024)
 forward(const T* x, const T* residual,                           // IN (residual: RESIDUAL only)
         T* sum_out,                                              // OUT x + residual (RESIDUAL)
         const W* __restrict__ weight, const W* __restrict__ bias,  // IN, either may be null
-        T* y,                                                    // OUT, may be x or sum_out
+        T* y,                                                    // OUT, may be x or residual
         float* mean_out, float* rstd_out,                        // OUT per row, may be null
         long long rows, int n, int G, float eps) {
     enum { VPT = ELEMS / VEC };  // vectors per thread
