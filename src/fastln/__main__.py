@@ -12,29 +12,11 @@ import sys
 import numpy as np
 
 import fastln
-from fastln import _bench, _check, _cpu, _report
-
-
-def _gpu_lines():
-    """(CuPy status, GPU status) as printable strings."""
-    try:
-        import cupy
-    except ImportError:
-        return "not installed", "unknown (needs CuPy)"
-    except Exception as exc:  # a CuPy that cannot find its CUDA libraries, say
-        return f"import failed: {exc}", "unknown"
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-        names = [cupy.cuda.runtime.getDeviceProperties(i)["name"].decode() for i in range(count)]
-        gpu = f"{count} visible" + (f" ({', '.join(names)})" if names else "")
-    except Exception as exc:  # no driver, no device
-        gpu = f"none visible ({str(exc).splitlines()[0]})"
-    return cupy.__version__, gpu
+from fastln import _bench, _check, _cpu, _gpu, _report
 
 
 def cmd_info(args):
     build = _cpu.build_info()
-    cupy, gpu = _gpu_lines()
     env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "FASTLN_SIMD")}
     lines = [
         ("fastln", f"{fastln.__version__} ({os.path.dirname(fastln.__file__)})"),
@@ -49,8 +31,7 @@ def cmd_info(args):
         ("SIMD supported", ", ".join(_cpu.simd_paths())),
         ("SIMD compiled", ", ".join(build["compiled_paths"])),
         *((k, "(unset)" if v is None else repr(v)) for k, v in env.items()),
-        ("CuPy", cupy),
-        ("GPU", gpu),
+        *_gpu.info(),  # CuPy, CUDA, GPU, and whether the GPU kernels compiled (or why not)
     ]
     width = max(len(k) for k, _ in lines) + 1
     for key, value in lines:
