@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from fastln import _cpu
+from fastln import _cpu, _gpu
 
 __all__ = ["layer_norm", "layer_norm_forward", "layer_norm_backward", "rms_norm",
            "rms_norm_forward", "rms_norm_backward", "add_layer_norm", "add_layer_norm_forward",
@@ -392,6 +392,10 @@ def _forward(x, normalized_shape, weight, bias, eps, out, with_stats, rms=False)
     plain = _plain_forward_inputs(x, normalized_shape, weight, bias, eps)
     if plain is not None:
         nshape, w, b = plain
+    elif _gpu.wants_gpu(x, weight, bias, out):          # CuPy arrays: the GPU kernels
+        y, _, mean, rstd = _gpu._forward(x, None, normalized_shape, weight, bias, eps, rms=rms,
+                                         stats=with_stats, out=out)
+        return y, mean, rstd
     else:
         x, nshape, w, b, eps, _ = _checked_inputs(x, normalized_shape, weight, bias, eps, rms)
     y, target, copy_to = _output(out, x, w, b)
@@ -411,6 +415,9 @@ def _fused_forward(x, residual, normalized_shape, weight, bias, eps, out, sum_ou
     plain = _plain_forward_inputs(x, normalized_shape, weight, bias, eps, residual)
     if plain is not None:
         nshape, w, b = plain
+    elif _gpu.wants_gpu(x, residual, weight, bias, out, sum_out):
+        return _gpu._forward(x, residual, normalized_shape, weight, bias, eps, rms=rms,
+                             stats=True, out=out, sum_out=sum_out)
     else:
         x, nshape, w, b, eps, residual = _checked_inputs(x, normalized_shape, weight, bias, eps,
                                                          rms, residual)
@@ -436,6 +443,9 @@ def _backward(dy, x, mean, rstd, weight, dsum=None, rms=False, fused=False):
     ds = None
     if plain is not None:
         nshape, w = plain
+    elif _gpu.wants_gpu(dy, x, mean, rstd, weight, dsum):
+        return _gpu._backward(dy, x, mean, rstd, weight, dsum, rms=rms,
+                              xname="s" if fused else "x")
     else:
         xname = "s" if fused else "x"
         x = _float_array(xname, x)
