@@ -135,6 +135,12 @@ def test_add_norm_bad_input(rng):
         s = x + r
         _, _, mean, rstd = fastln.add_layer_norm_forward(x, r, 8)
         fastln.add_layer_norm_backward(x, s, mean, rstd, dsum=s.astype(np.float64))
+    with pytest.raises(TypeError, match=r"dy must hold real numbers, got dtype object"):
+        fastln.add_rms_norm_backward(None, s, np.ones(4, np.float32))
+    with pytest.raises(TypeError, match=r"out must be a numpy.ndarray, got list"):
+        fastln.add_rms_norm(x, r, 8, out=[0.0] * 32, sum_out=np.empty_like(x))
+    with pytest.raises(TypeError, match=r"residual must be an array of x's shape and dtype"):
+        fastln.add_layer_norm(x, None, 8)
     with pytest.raises(ValueError, match=r"dsum must have the shape of s"):
         fastln.add_rms_norm_backward(x, s, np.ones(4, np.float32), dsum=s[:, :4])
 

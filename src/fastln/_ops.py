@@ -339,7 +339,7 @@ def _output(out, x, w, b, name="out", same_ok=None, apart=None):
         raise ValueError(f"{name} is read-only")
     same_ok = {"x": x} if same_ok is None else same_ok
     for other, a in (apart or {}).items():
-        if a is not None and _cpu.overlap(out, a):
+        if isinstance(a, np.ndarray) and _cpu.overlap(out, a):
             raise ValueError(f"{name} overlaps {other}; the two outputs need separate arrays")
     if not _cpu.plain(out):
         # The kernel writes a contiguous scratch array that is copied into out at the end.
@@ -464,7 +464,7 @@ def _backward(dy, x, mean, rstd, weight, dsum=None, rms=False, fused=False):
         if rstd.shape != lead.shape:
             raise ValueError(f"rstd must have the shape of mean {lead.shape}, got {rstd.shape}")
         for name, g in (("dy", dy), ("dsum", dsum)):
-            if g is None:
+            if g is None and name == "dsum":
                 continue
             g = _float_array(name, g) if _is_half(x.dtype) else _cast_to(name, g, x.dtype, xname)
             if g.dtype != x.dtype:
