@@ -221,3 +221,19 @@ def test_new_ops_fast_path_matches_general(rng, general_calls, op, dtype):
     for got, want in zip(fast if fused else (fast,), slow if fused else (slow,)):
         assert type(got) is np.ndarray and got.dtype == dtype
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("name", ["float16", "bfloat16"])
+def test_half_fast_path_matches_general(rng, general_calls, name):
+    dtype = np.dtype(np.float16) if name == "float16" else fastln.bfloat16
+    x, dy = (rng.standard_normal((8, 96)).astype(dtype) for _ in range(2))
+    w, b = (rng.standard_normal(96).astype(np.float32) for _ in range(2))
+    y0, mean0, rstd0 = fastln.layer_norm_forward(x.view(Sub), 96, w, b)   # general path first
+    grads0 = fastln.layer_norm_backward(dy.view(Sub), x, mean0, rstd0, w)
+    base = general_calls[0]
+    y, mean, rstd = fastln.layer_norm_forward(x, 96, w, b)
+    grads = fastln.layer_norm_backward(dy, x, mean, rstd, w)
+    assert general_calls[0] == base, "plain 16-bit input left the fast path"
+    for got, want in zip((y, mean, rstd, *grads), (y0, mean0, rstd0, *grads0)):
+        assert type(got) is np.ndarray and got.dtype == want.dtype
+        np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))

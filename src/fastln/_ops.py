@@ -198,11 +198,8 @@ def _plain_forward_inputs(x, normalized_shape, weight, bias, eps, residual=None)
     if not (type(x) is np.ndarray and type(eps) is float and 0.0 <= eps < math.inf):
         return None
     dtype, shape = x.dtype, x.shape
-    if dtype is _F16:
-        pdtype = _F32                   # float16 data with float32 weight and bias
-    elif dtype is _F32 or dtype is _F64:
-        pdtype = dtype
-    else:
+    pdtype = _plain_param_dtype(dtype)
+    if pdtype is None:
         return None
     if residual is not None and not (type(residual) is np.ndarray and residual.dtype is dtype
                                      and residual.shape == shape and _cpu.plain(residual)):
@@ -233,17 +230,29 @@ def _plain_backward_inputs(dy, x, mean, rstd, weight):
             and type(rstd) is np.ndarray):
         return None
     dtype, shape, lead = x.dtype, x.shape, mean.shape
-    if not ((dtype is _F32 or dtype is _F64) and dy.dtype is dtype and mean.dtype is dtype
-            and rstd.dtype is dtype and dy.shape == shape and rstd.shape == lead
+    stat = _plain_param_dtype(dtype)
+    if not (stat is not None and dy.dtype is dtype and mean.dtype is stat
+            and rstd.dtype is stat and dy.shape == shape and rstd.shape == lead
             and len(lead) < len(shape) and shape[:len(lead)] == lead):
         return None
     nshape = shape[len(lead):]
     if 0 in nshape:
         return None
-    w = _plain_param(weight, nshape, dtype, 1)
+    w = _plain_param(weight, nshape, stat, 1)
     if w is None or not _cpu.plain(dy, x, mean, rstd, w):
         return None
     return nshape, w
+
+
+def _plain_param_dtype(dtype):
+    """The dtype of weight, bias and statistics that the fast path takes for data of `dtype`
+    (float32 for the 16-bit types, bfloat16 once the general path has seen it); None for
+    data it leaves to the general path."""
+    if dtype is _F32 or dtype is _F64:
+        return dtype
+    if dtype.itemsize == 2 and dtype in _KINDS:
+        return _F32
+    return None
 
 
 def _plain_param(a, nshape, dtype, default):
