@@ -176,3 +176,20 @@ def test_bfloat16_without_ml_dtypes_says_what_to_install(monkeypatch):
 
 def test_fastln_bfloat16_is_ml_dtypes():
     assert fastln.bfloat16 == np.dtype(ml_dtypes.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+@pytest.mark.parametrize("op", ["add_layer_norm", "add_rms_norm"])
+def test_half_fused_in_place(rng, simd_path, dtype, op):
+    """The 16-bit fused ops store the sum first and normalize it from there: out and sum_out
+    may still be x or residual themselves."""
+    x, r = (rng.standard_normal((6, 77)).astype(dtype) for _ in range(2))
+    fn = getattr(fastln, op)
+    y_want, s_want = fn(x, r, 77)
+    for out_is, sum_is in (("x", "residual"), ("residual", "x")):
+        xc, rc = x.copy(), r.copy()
+        arrays = {"x": xc, "residual": rc}
+        y, s = fn(xc, rc, 77, out=arrays[out_is], sum_out=arrays[sum_is])
+        assert y is arrays[out_is] and s is arrays[sum_is]
+        np.testing.assert_array_equal(y.view(np.uint16), y_want.view(np.uint16))
+        np.testing.assert_array_equal(s.view(np.uint16), s_want.view(np.uint16))

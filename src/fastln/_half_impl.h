@@ -114,12 +114,17 @@ static TARGET inline NAME(fvec) NAME(vload_bf16)(const uint16_t *p)
     return (NAME(fvec))u;
 }
 
-static TARGET inline void NAME(vstore_bf16)(uint16_t *p, NAME(fvec) v)
+/* v rounded to bfloat16, still as float32 bit patterns (low 16 bits zero). */
+static TARGET inline NAME(uvec) NAME(vround_bf16)(NAME(fvec) v)
 {
     const NAME(uvec) u = (NAME(uvec))v;
     const NAME(uvec) nan = (NAME(uvec))((NAME(ivec))(u & 0x7fffffffu) > 0x7f800000);
     const NAME(uvec) rounded = u + 0x7fffu + ((u >> 16) & 1u);
-    const NAME(uvec) out = (rounded & ~nan) | ((u | 0x00400000u) & nan);
-    *(NAME(hvec) *)p = __builtin_convertvector(out >> 16, NAME(hvec));
+    return ((rounded & ~nan) | ((u | 0x00400000u) & nan)) & 0xffff0000u;
+}
+
+static TARGET inline void NAME(vstore_bf16)(uint16_t *p, NAME(fvec) v)
+{
+    *(NAME(hvec) *)p = __builtin_convertvector(NAME(vround_bf16)(v) >> 16, NAME(hvec));
 }
 #endif

@@ -58,8 +58,6 @@ static TARGET inline void NAME(sts)(T *p, V v) { NAME(store)(p, v); }
 static TARGET inline void NAME(streams)(T *p, V v) { NAME(stream)(p, v); }
 static TARGET inline T NAME(ld1)(const T *p) { return *p; }
 static TARGET inline void NAME(st1)(T *p, T v) { *p = v; }
-static TARGET inline V NAME(round_data)(V v) { return v; }
-static TARGET inline T NAME(round1)(T v) { return v; }
 #else
 #define FASTLN_HCAT(f) FASTLN_CAT3(f, FASTLN_PATH, half)
 #if FASTLN_HALF == 1
@@ -76,7 +74,6 @@ static TARGET inline T NAME(round1)(T v) { return v; }
 typedef uint16_t NAME(data);
 static TARGET inline T NAME(ld1)(const uint16_t *p) { return FASTLN_H2F(*p); }
 static TARGET inline void NAME(st1)(uint16_t *p, T v) { *p = FASTLN_F2H(v); }
-static TARGET inline T NAME(round1)(T v) { return FASTLN_H2F(FASTLN_F2H(v)); }
 #if FASTLN_VECTOR_EXT
 static TARGET inline V NAME(lds)(const uint16_t *p) { return (V)FASTLN_VLOAD(p); }
 static TARGET inline void NAME(sts)(uint16_t *p, V v) { FASTLN_VSTORE(p, v); }
@@ -86,12 +83,6 @@ static TARGET inline void NAME(sts)(uint16_t *p, V v) { NAME(st1)(p, v); }
 #endif
 /* 16-bit outputs are not streamed (their kernels are never asked to). */
 static TARGET inline void NAME(streams)(uint16_t *p, V v) { NAME(sts)(p, v); }
-static TARGET inline V NAME(round_data)(V v)
-{
-    NAME(data) tmp[W];
-    NAME(sts)(tmp, v);
-    return NAME(lds)(tmp);
-}
 #undef FASTLN_H2F
 #undef FASTLN_F2H
 #undef FASTLN_VLOAD
@@ -164,20 +155,21 @@ static TARGET inline void NAME(chan_merge)(double *restrict mean, double *restri
 #endif
 }
 
-/* Element i of the row being normalized: x[i], or with the fused residual add (has_r) x[i] + r[i]
- * rounded to T. Every sweep forms the sum again the same way, so all of them see the same s. */
-static TARGET FASTLN_ALWAYS_INLINE V NAME(vat)(const D *x, const D *r,
-                                                               const int has_r, Py_ssize_t i)
+/* Element i of the row being normalized: x[i], or with the fused residual add (has_r, data of
+ * type T only) x[i] + r[i] rounded to T. Every sweep forms the sum again the same way, so all of
+ * them see the same s. */
+static TARGET FASTLN_ALWAYS_INLINE V NAME(vat)(const D *x, const D *r, const int has_r,
+                                               Py_ssize_t i)
 {
     if (has_r)
-        return NAME(round_data)(NAME(lds)(x + i) + NAME(lds)(r + i));
+        return NAME(lds)(x + i) + NAME(lds)(r + i);
     return NAME(lds)(x + i);
 }
 
-static TARGET FASTLN_ALWAYS_INLINE T NAME(at)(const D *x, const D *r,
-                                                              const int has_r, Py_ssize_t i)
+static TARGET FASTLN_ALWAYS_INLINE T NAME(at)(const D *x, const D *r, const int has_r,
+                                              Py_ssize_t i)
 {
-    return has_r ? NAME(round1)(NAME(ld1)(x + i) + NAME(ld1)(r + i)) : NAME(ld1)(x + i);
+    return has_r ? (T)(NAME(ld1)(x + i) + NAME(ld1)(r + i)) : NAME(ld1)(x + i);
 }
 
 /* Welford's update of (count, *mu, *q) with s[from:n] - pivot, one value at a time, in double. */
@@ -347,17 +339,29 @@ NAME(fwd_rows)(const D *x, const D *r, const T *restrict w, const T *restrict b,
                T *restrict mean, T *restrict rstd, Py_ssize_t rows, Py_ssize_t n, double eps,
                int stream, const int has_r, const int rms)
 {
+    /* 16-bit data: the sum is rounded and stored first, then normalized as a plain row read
+     * back from the cache (one conversion per value instead of one per value and sweep). Wider
+     * data forms x + r afresh in every sweep and stores it with y. */
+    const int fused = has_r && sizeof(D) == sizeof(T);
     for (Py_ssize_t row = 0; row < rows; row++) {
         const D *xr = x + row * n, *rr = has_r ? r + row * n : NULL;
         D *yr = y + row * n, *sr = has_r ? sum + row * n : NULL;
-        const T pivot = rms ? (T)0 : NAME(at)(xr, rr, has_r, 0);
+        if (has_r && !fused) {
+            Py_ssize_t i = 0;
+            for (; i + W <= n; i += W)
+                NAME(sts)(sr + i, NAME(lds)(xr + i) + NAME(lds)(rr + i));
+            for (; i < n; i++)
+                NAME(st1)(sr + i, NAME(ld1)(xr + i) + NAME(ld1)(rr + i));
+            xr = sr;
+        }
+        const T pivot = rms ? (T)0 : NAME(at)(xr, rr, fused, 0);
         double mu = 0.0, rs, spread;
         if (rms) {
-            rs = NAME(row_rstd_rms)(xr, rr, has_r, n, eps);
+            rs = NAME(row_rstd_rms)(xr, rr, fused, n, eps);
             spread = 1.0;
         } else {
             double m2;
-            NAME(row_moments)(xr, rr, has_r, n, pivot, &mu, &m2);
+            NAME(row_moments)(xr, rr, fused, n, pivot, &mu, &m2);
             /* A finite float64 row whose spread exceeds ~1e154 overflows m2: say so with NaN
              * rather than return the bias as if the row were constant. */
             rs = m2 > DBL_MAX ? NAN : 1.0 / sqrt(m2 / (double)n + eps);
@@ -373,11 +377,11 @@ NAME(fwd_rows)(const D *x, const D *r, const T *restrict w, const T *restrict b,
         if (sizeof(T) < sizeof(double) &&
             !(spread < 0x1p100 && spread > 0x1p-100 && rs < 0x1p100 && rs > 0x1p-100)) {
             for (Py_ssize_t i = 0; i < n; i++) {
-                const T si = NAME(at)(xr, rr, has_r, i);
+                const T si = NAME(at)(xr, rr, fused, i);
                 const double centred = ((double)si - (double)pivot) - mu;
                 NAME(st1)(yr + i, (T)(rms ? centred * rs * (double)w[i]
                                           : centred * rs * (double)w[i] + (double)b[i]));
-                if (has_r)
+                if (fused)
                     NAME(st1)(sr + i, si);
             }
             continue;
@@ -390,13 +394,13 @@ NAME(fwd_rows)(const D *x, const D *r, const T *restrict w, const T *restrict b,
         const Py_ssize_t head = stream ? (Py_ssize_t)(((REGISTER_BYTES - (uintptr_t)yr %
                                                         REGISTER_BYTES) % REGISTER_BYTES) /
                                                       sizeof(D)) : 0;
-        const int stream_sum = stream && has_r &&
+        const int stream_sum = stream && fused &&
                                ((uintptr_t)sr - (uintptr_t)yr) % REGISTER_BYTES == 0;
         Py_ssize_t i = 0;
         for (; i < head && i < n; i++)
-            NAME(fwd_one)(xr, rr, w, b, yr, sr, i, pivot, mu_t, rs_t, has_r, rms);
+            NAME(fwd_one)(xr, rr, w, b, yr, sr, i, pivot, mu_t, rs_t, fused, rms);
         for (; i + W <= n; i += W) {
-            const V si = NAME(vat)(xr, rr, has_r, i);
+            const V si = NAME(vat)(xr, rr, fused, i);
             const V scaled = rsv * NAME(load)(w + i);
             V out;
             if (rms)
@@ -407,13 +411,13 @@ NAME(fwd_rows)(const D *x, const D *r, const T *restrict w, const T *restrict b,
                 NAME(streams)(yr + i, out);
             else
                 NAME(sts)(yr + i, out);
-            if (has_r && stream_sum)
+            if (fused && stream_sum)
                 NAME(streams)(sr + i, si);
-            else if (has_r)
+            else if (fused)
                 NAME(sts)(sr + i, si);
         }
         for (; i < n; i++)
-            NAME(fwd_one)(xr, rr, w, b, yr, sr, i, pivot, mu_t, rs_t, has_r, rms);
+            NAME(fwd_one)(xr, rr, w, b, yr, sr, i, pivot, mu_t, rs_t, fused, rms);
     }
     if (stream)
         FASTLN_SFENCE();

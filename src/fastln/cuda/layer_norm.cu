@@ -269,6 +269,23 @@ __device__ __forceinline__ Moments warp_merge(Moments s) {
     return s;
 }
 
+// The backward's per-row constants from each thread's partial sums s (RMSNorm: s[0] = sum g*c;
+// LayerNorm: sum c, sum g, sum g*c, with c = x - saved mean): delta = the true mean - the saved
+// one, mean(g), and rstd * mean(g * (x - true mean)). Summed over the group first.
+template <bool RMS>
+__device__ __forceinline__ void backward_sums(float* s, int G, float* scratch, float rs, int n,
+                                              float* delta, float* mean_g, float* mean_gx) {
+    group_sum<RMS ? 1 : 3>(s, G, scratch);
+    if (RMS) {
+        *delta = *mean_g = 0.0f;
+        *mean_gx = rs * s[0] / (float)n;
+    } else {
+        *delta = s[0] / (float)n;
+        *mean_g = s[1] / (float)n;
+        *mean_gx = rs * (s[2] - *delta * s[1]) / (float)n;
+    }
+}
+
 // The moments of the whole group, as group_sum does it for sums.
 __device__ __forceinline__ Moments group_merge(Moments s, int G, float* scratch) {
     s = warp_merge(s);
@@ -507,16 +524,8 @@ backward(const T* __restrict__ dy, const T* __restrict__ x,            // IN (ro
                 }
             }
         }
-        group_sum<RMS ? 1 : 3>(s, G, scratch);
         float delta, mean_g, mean_gx;
-        if (RMS) {
-            delta = mean_g = 0.0f;
-            mean_gx = rs * s[0] / (float)n;
-        } else {
-            delta = s[0] / (float)n;
-            mean_g = s[1] / (float)n;
-            mean_gx = rs * (s[2] - delta * s[1]) / (float)n;
-        }
+        backward_sums<RMS>(s, G, scratch, rs, n, &delta, &mean_g, &mean_gx);
 #pragma unroll
         for (int k = 0; k < VPT; ++k) {
             const int i = t + k * G;
@@ -584,16 +593,8 @@ backward_stream(const T* __restrict__ dy, const T* __restrict__ x, const float* 
                 s[2] += g * c;
             }
         }
-        group_sum<RMS ? 1 : 3>(s, G, scratch);
         float delta, mean_g, mean_gx;
-        if (RMS) {
-            delta = mean_g = 0.0f;
-            mean_gx = rs * s[0] / (float)n;
-        } else {
-            delta = s[0] / (float)n;
-            mean_g = s[1] / (float)n;
-            mean_gx = rs * (s[2] - delta * s[1]) / (float)n;
-        }
+        backward_sums<RMS>(s, G, scratch, rs, n, &delta, &mean_g, &mean_gx);
         for (int j = t; j < n; j += G) {
             const float c = load1(x, base + j) - mu;
             const float d = load1(dy, base + j);
