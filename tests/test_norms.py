@@ -148,7 +148,7 @@ def test_add_norm_bad_input(rng):
 def test_inputs_not_modified(rng):
     x, r = _data(rng, (4, 16), np.float32), _data(rng, (4, 16), np.float32)
     xc, rc = x.copy(), r.copy()
-    y, s, rstd = fastln.add_rms_norm_forward(x, r, 16)
+    _, s, rstd = fastln.add_rms_norm_forward(x, r, 16)
     fastln.add_rms_norm_backward(xc, s, rstd, dsum=rc)
     np.testing.assert_array_equal(x, xc)
     np.testing.assert_array_equal(r, rc)

@@ -15,10 +15,10 @@ import numpy as np
 
 from fastln import _cpu, _gpu
 
-__all__ = ["layer_norm", "layer_norm_forward", "layer_norm_backward", "rms_norm",
-           "rms_norm_forward", "rms_norm_backward", "add_layer_norm", "add_layer_norm_forward",
-           "add_layer_norm_backward", "add_rms_norm", "add_rms_norm_forward",
-           "add_rms_norm_backward", "set_output_pool"]
+__all__ = ["add_layer_norm", "add_layer_norm_backward", "add_layer_norm_forward", "add_rms_norm",
+           "add_rms_norm_backward", "add_rms_norm_forward", "layer_norm", "layer_norm_backward",
+           "layer_norm_forward", "rms_norm", "rms_norm_backward", "rms_norm_forward",
+           "set_output_pool"]
 
 _F32, _F64, _F16 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16)
 _SUPPORTED_NAMES = "float32, float64, float16 or bfloat16"
