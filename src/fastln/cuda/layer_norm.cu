@@ -269,6 +269,17 @@ __device__ __forceinline__ Moments warp_merge(Moments s) {
     return s;
 }
 
+// One value's terms of the backward's row sums: c = x - saved mean, g = dy * weight.
+template <bool RMS> __device__ __forceinline__ void backward_terms(float* s, float c, float g) {
+    if (RMS) {
+        s[0] += g * c;
+    } else {
+        s[0] += c;
+        s[1] += g;
+        s[2] += g * c;
+    }
+}
+
 // The backward's per-row constants from each thread's partial sums s (RMSNorm: s[0] = sum g*c;
 // LayerNorm: sum c, sum g, sum g*c, with c = x - saved mean): delta = the true mean - the saved
 // one, mean(g), and rstd * mean(g * (x - true mean)). Summed over the group first.
@@ -513,14 +524,7 @@ backward(const T* __restrict__ dy, const T* __restrict__ x,            // IN (ro
 #pragma unroll
                 for (int e = 0; e < VEC; ++e) {
                     const int j = k * VEC + e;
-                    const float c = hx[j] - mu, g = hdy[j] * w[e];
-                    if (RMS) {
-                        s[0] += g * c;
-                    } else {
-                        s[0] += c;
-                        s[1] += g;
-                        s[2] += g * c;
-                    }
+                    backward_terms<RMS>(s, hx[j] - mu, hdy[j] * w[e]);
                 }
             }
         }
@@ -583,15 +587,8 @@ backward_stream(const T* __restrict__ dy, const T* __restrict__ x, const float* 
         const float mu = RMS ? 0.0f : load1(mean, row);
         float s[3] = {0.0f, 0.0f, 0.0f};
         for (int j = t; j < n; j += G) {
-            const float c = load1(x, base + j) - mu;
-            const float g = load1(dy, base + j) * (weight ? load1(weight, j) : 1.0f);
-            if (RMS) {
-                s[0] += g * c;
-            } else {
-                s[0] += c;
-                s[1] += g;
-                s[2] += g * c;
-            }
+            backward_terms<RMS>(s, load1(x, base + j) - mu,
+                                load1(dy, base + j) * (weight ? load1(weight, j) : 1.0f));
         }
         float delta, mean_g, mean_gx;
         backward_sums<RMS>(s, G, scratch, rs, n, &delta, &mean_g, &mean_gx);
