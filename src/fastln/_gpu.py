@@ -331,7 +331,7 @@ def _forward(x, residual, normalized_shape, weight, bias, eps, *, rms, stats, ou
     _ops._check_shape(x, nshape)
     n = _row_width(nshape)
     if rms and eps is None:
-        eps = float(np.finfo(x.dtype).eps)
+        eps = _ops._default_rms_eps(np.dtype(x.dtype))
     eps = _ops._eps(eps)
     wdtype, (w, b) = _params(x, nshape, [("weight", weight), ("bias", bias)])
     x = cupy.ascontiguousarray(x)

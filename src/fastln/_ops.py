@@ -67,10 +67,16 @@ def _stat_dtype(dtype):
     return _F32 if _is_half(dtype) else dtype
 
 
+def _finfo(dtype):
+    """Machine limits of a float dtype, bfloat16 included (ml_dtypes' finfo knows it)."""
+    mod = _ml_dtypes()
+    return mod.finfo(dtype) if mod is not None else np.finfo(dtype)
+
+
 @lru_cache(maxsize=16)
 def _default_rms_eps(dtype):
-    mod = _ml_dtypes()
-    return float(mod.finfo(dtype).eps if mod is not None else np.finfo(dtype).eps)
+    """RMSNorm's eps when none is given: finfo(dtype).eps, as in PyTorch."""
+    return float(_finfo(dtype).eps)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -138,13 +138,12 @@ def layer_norm_jacobian(x, weight=None, eps=1e-5):
 
 
 def _rms_eps(x, eps):
+    """eps, or finfo(x.dtype).eps of the input when it is None."""
     if eps is not None:
         return eps
-    try:
-        import ml_dtypes
-        return float(ml_dtypes.finfo(np.asarray(x).dtype).eps)
-    except ImportError:
-        return float(np.finfo(np.asarray(x).dtype).eps)
+    from fastln._ops import _default_rms_eps
+
+    return _default_rms_eps(np.asarray(x).dtype)
 
 
 def rms_norm_forward(x, normalized_shape, weight=None, eps=None):
