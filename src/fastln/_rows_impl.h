@@ -97,6 +97,37 @@ static TARGET inline V NAME(splat)(T a)
     return v + a;
 }
 
+/* a * b + c, rounded once where the path has FMA (the build otherwise contracts nothing, so
+ * that the scalar code rounds every product the same way in every sweep). The kernels use it
+ * where an exact product and one rounding cost no accuracy, to do fewer operations per value.
+ * The baseline path rounds twice: it agrees with the others closely, not bit for bit. */
+static TARGET FASTLN_ALWAYS_INLINE V NAME(fma)(V a, V b, V c)
+{
+#if FASTLN_X86_DISPATCH && FASTLN_VECTOR_EXT && REGISTER_BYTES == 64
+    if (sizeof(T) == sizeof(float))
+        return (V)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+    return (V)_mm512_fmadd_pd((__m512d)a, (__m512d)b, (__m512d)c);
+#elif FASTLN_X86_DISPATCH && FASTLN_VECTOR_EXT && REGISTER_BYTES == 32
+    if (sizeof(T) == sizeof(float))
+        return (V)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+    return (V)_mm256_fmadd_pd((__m256d)a, (__m256d)b, (__m256d)c);
+#else
+    return a * b + c;
+#endif
+}
+
+/* The same for one value, rounded as NAME(fma) rounds each lane: the columns a row's vectors
+ * do not cover must come out as they would in a vector. */
+static TARGET FASTLN_ALWAYS_INLINE T NAME(fma1)(T a, T b, T c)
+{
+#if FASTLN_X86_DISPATCH && FASTLN_VECTOR_EXT && REGISTER_BYTES >= 32
+    return sizeof(T) == sizeof(float) ? (T)__builtin_fmaf((float)a, (float)b, (float)c)
+                                      : (T)__builtin_fma((double)a, (double)b, (double)c);
+#else
+    return a * b + c;
+#endif
+}
+
 /* Per-lane double accumulators are updated a half vector at a time, each half converted as one
  * vector (HALF of T to WIDE of double): written as a loop over lanes, GCC converts one by one. */
 #if FASTLN_VECTOR_EXT
@@ -467,7 +498,7 @@ static TARGET inline void NAME(row_grad_sums)(const D *restrict x, const D *rest
             const V g = NAME(lds)(dy + v * W) * NAME(load)(w + v * W);
             bd += d;
             bg += g;
-            bgd += g * d;
+            bgd = NAME(fma)(g, d, bgd);
         }
         NAME(accumulate)(sd, bd);
         NAME(accumulate)(sg, bg);
@@ -493,7 +524,7 @@ static TARGET inline void NAME(row_grad_sums)(const D *restrict x, const D *rest
 
 /* One row of the backward entirely in double, for rows the T sweep cannot take: float32 rows
  * with values near FLT_MAX or an rstd beyond 2^+-60, where products and sums of T would over- or
- * underflow. Adds the row's dweight and dbias shares straight to the double partials. k is the
+ * underflow, and LayerNorm rows of one value (whose dx is then exactly 0). Adds the row's dweight and dbias shares straight to the double partials. k is the
  * pivot (the saved mean; 0 for RMSNorm, which subtracts no mean), ds the incoming gradient of the
  * fused add's sum or NULL. */
 static TARGET void NAME(bwd_row_exact)(const D *restrict dy, const D *restrict x, double k,
@@ -523,46 +554,56 @@ static TARGET void NAME(bwd_row_exact)(const D *restrict dy, const D *restrict x
 
 /* The vector columns [from, to) of the backward's second sweep over a group of nr rows (dy, x,
  * ds and dx point at the group's first row): writes dx and adds the group's dweight and dbias
- * shares to the partials. Rows flagged in `exact` (NULL: none) are skipped. */
+ * shares to the partials. Rows flagged in `exact` (NULL: none) are skipped. Per row r the
+ * constants are (see norm_bwd) pivot k, rs = rstd, nsh = -shift * rs, nc = -c and
+ * nrmg = -rs * mean(g):
+ *   xhat = (x - k) * rs + nsh,   dx = g * rs + (xhat * nc + nrmg),   g = dy * w,
+ * five multiply-adds and a subtraction per value with FMA. */
 static TARGET FASTLN_ALWAYS_INLINE void
 NAME(bwd_cols)(const D *restrict dy, const D *restrict x, const T *restrict w,
                const D *restrict ds, D *restrict dx, double *restrict dw_part,
                double *restrict db_part, Py_ssize_t n, Py_ssize_t from, Py_ssize_t to, int nr,
-               const int *exact, const T *pivot, const T *shift, const T *rs, const T *mg,
-               const T *c, int stream, const int rms, const int has_ds)
+               const int *exact, const T k[5][GROUP_ROWS], int stream, const int rms,
+               const int has_ds)
 {
-    V pv[GROUP_ROWS], shv[GROUP_ROWS], rsv[GROUP_ROWS], mgv[GROUP_ROWS], cv[GROUP_ROWS];
+    V pv[GROUP_ROWS], rsv[GROUP_ROWS], nshv[GROUP_ROWS], ncv[GROUP_ROWS], nrmgv[GROUP_ROWS];
     for (int r = 0; r < nr; r++) {
-        pv[r] = NAME(splat)(pivot[r]);
-        shv[r] = NAME(splat)(shift[r]);
-        rsv[r] = NAME(splat)(rs[r]);
-        mgv[r] = NAME(splat)(mg[r]);
-        cv[r] = NAME(splat)(c[r]);
+        pv[r] = NAME(splat)(k[0][r]);
+        rsv[r] = NAME(splat)(k[1][r]);
+        nshv[r] = NAME(splat)(k[2][r]);
+        ncv[r] = NAME(splat)(k[3][r]);
+        nrmgv[r] = NAME(splat)(k[4][r]);
     }
     for (Py_ssize_t j = from; j < to; j += W) {
         const V wv = NAME(load)(w + j);
-        V dwa = NAME(splat)(0), dba = NAME(splat)(0);
+        V dwa = NAME(splat)(0), dba = NAME(splat)(0), d[GROUP_ROWS];
         for (int r = 0; r < nr; r++) {
             if (exact != NULL && exact[r])
                 continue;
             const Py_ssize_t off = r * n + j;
             const V dyv = NAME(lds)(dy + off);
-            V xhat, d;
-            if (rms) {
+            V xhat;
+            if (rms)
                 xhat = NAME(lds)(x + off) * rsv[r];
-                d = rsv[r] * (dyv * wv) - xhat * cv[r];
-            } else {
-                xhat = ((NAME(lds)(x + off) - pv[r]) - shv[r]) * rsv[r];
-                d = rsv[r] * (dyv * wv - mgv[r]) - xhat * cv[r];
-            }
-            if (has_ds)
-                d += NAME(lds)(ds + off);
-            if (stream)
-                NAME(streams)(dx + off, d);
             else
-                NAME(sts)(dx + off, d);
-            dwa += dyv * xhat;
-            dba += dyv;
+                xhat = NAME(fma)(NAME(lds)(x + off) - pv[r], rsv[r], nshv[r]);
+            d[r] = NAME(fma)(dyv * wv, rsv[r], NAME(fma)(xhat, ncv[r], nrmgv[r]));
+            if (has_ds)
+                d[r] += NAME(lds)(ds + off);
+            dwa = NAME(fma)(dyv, xhat, dwa);
+            if (!rms)
+                dba += dyv;
+        }
+        /* Stored after the group's loads: with rows a multiple of 4 KiB apart, a store to row r
+         * followed by a load from row r + 1 would look like the same address to the CPU's
+         * store-to-load check (which compares the low 12 bits) and stall. */
+        for (int r = 0; r < nr; r++) {
+            if (exact != NULL && exact[r])
+                continue;
+            if (stream)
+                NAME(streams)(dx + r * n + j, d[r]);
+            else
+                NAME(sts)(dx + r * n + j, d[r]);
         }
         NAME(accumulate)(dw_part + j, dwa);
         if (!rms)
@@ -602,28 +643,33 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
     const double inv_n = 1.0 / (double)n;
     for (Py_ssize_t r0 = 0; r0 < rows; r0 += GROUP_ROWS) {
         const int nr = rows - r0 < GROUP_ROWS ? (int)(rows - r0) : GROUP_ROWS;
-        T pivot[GROUP_ROWS], shift[GROUP_ROWS], rs[GROUP_ROWS], mg[GROUP_ROWS], c[GROUP_ROWS];
+        /* Per row: the pivot, rs, nsh, nc and nrmg of bwd_cols. */
+        T kc[5][GROUP_ROWS];
         int exact[GROUP_ROWS], any_exact = 0;
         for (int r = 0; r < nr; r++) {
             const Py_ssize_t off = (r0 + r) * n;
             double sums[3];
-            pivot[r] = rms ? (T)0 : mean[r0 + r];
-            rs[r] = rstd[r0 + r];
-            const double rsd = (double)rs[r];
-            NAME(row_grad_sums)(x + off, dy + off, w, n, pivot[r], sums);
-            exact[r] = sizeof(T) < sizeof(double) &&
-                       !(rsd > 0x1p-60 && rsd < 0x1p60 && fabs(sums[2]) < 0x1p100);
+            const T pivot = rms ? (T)0 : mean[r0 + r], rs = rstd[r0 + r];
+            const double rsd = (double)rs;
+            NAME(row_grad_sums)(x + off, dy + off, w, n, pivot, sums);
+            /* A LayerNorm row of one value has dx = 0, which the double sweep gives exactly. */
+            exact[r] = (n == 1 && !rms) ||
+                       (sizeof(T) < sizeof(double) &&
+                        !(rsd > 0x1p-60 && rsd < 0x1p60 && fabs(sums[2]) < 0x1p100));
             any_exact |= exact[r];
             const double sh = rms ? 0.0 : sums[0] * inv_n;     /* true mean - pivot */
-            shift[r] = (T)sh;
-            mg[r] = rms ? (T)0 : (T)(sums[1] * inv_n);
-            c[r] = (T)(rsd * rsd * (sums[2] - sh * sums[1]) * inv_n);
+            const double mg = rms ? 0.0 : sums[1] * inv_n;
+            kc[0][r] = pivot;
+            kc[1][r] = rs;
+            kc[2][r] = (T)(-sh * rsd);
+            kc[3][r] = (T)(-(rsd * rsd * (sums[2] - sh * sums[1]) * inv_n));
+            kc[4][r] = (T)(-rsd * mg);
         }
         const Py_ssize_t off0 = r0 * n;
         const D *dsg = has_ds ? ds + off0 : NULL;
 #define FASTLN_COLS(NR, EXACT, STREAM, RMS, DS)                                                 \
     NAME(bwd_cols)(dy + off0, x + off0, w, dsg, dx + off0, dw_part, db_part, n, head, vec_end, \
-                   NR, EXACT, pivot, shift, rs, mg, c, STREAM, RMS, DS)
+                   NR, EXACT, kc, STREAM, RMS, DS)
         /* The common case, a whole group with no exact rows, is compiled once per (stream, RMS,
          * ds) with the row count a constant, so that the per-row constants stay in registers and
          * the row loop unrolls. */
@@ -651,10 +697,11 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
                     continue;
                 const Py_ssize_t off = (r0 + r) * n + j;
                 const T dyv = NAME(ld1)(dy + off);
-                const T xhat = ((NAME(ld1)(x + off) - pivot[r]) - shift[r]) * rs[r];
-                const T d = rs[r] * (dyv * w[j] - mg[r]) - xhat * c[r];
+                const T xhat = rms ? NAME(ld1)(x + off) * kc[1][r]
+                                   : NAME(fma1)(NAME(ld1)(x + off) - kc[0][r], kc[1][r], kc[2][r]);
+                const T d = NAME(fma1)(dyv * w[j], kc[1][r], NAME(fma1)(xhat, kc[3][r], kc[4][r]));
                 NAME(st1)(dx + off, has_ds ? d + NAME(ld1)(ds + off) : d);
-                dwa += dyv * xhat;
+                dwa = NAME(fma1)(dyv, xhat, dwa);
                 dba += dyv;
             }
             dw_part[j] += (double)dwa;
@@ -663,7 +710,7 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
         for (int r = 0; any_exact && r < nr; r++)
             if (exact[r]) {
                 const Py_ssize_t off = (r0 + r) * n;
-                NAME(bwd_row_exact)(dy + off, x + off, (double)pivot[r], (double)rs[r], w,
+                NAME(bwd_row_exact)(dy + off, x + off, (double)kc[0][r], (double)kc[1][r], w,
                                     has_ds ? ds + off : NULL, dx + off, dw_part, db_part, n,
                                     rms);
             }
