@@ -96,7 +96,7 @@ typedef struct {
 #define NAME(f) FASTLN_CAT3(f, FASTLN_PATH, FASTLN_TS)
 
 /* Statistics are formed in blocks of BLOCK vectors (even); the backward sums the dweight and
- * dbias shares of GROUP_ROWS rows before adding them to its double partials. */
+ * dbias shares of up to GROUP_ROWS rows before adding them to its double partials. */
 #define BLOCK 16
 #define GROUP_ROWS 4
 

@@ -219,15 +219,44 @@ NAME(welford)(const D *x, const D *r, const int has_r, Py_ssize_t from, Py_ssize
     *q = s;
 }
 
+/* The per-lane mean *bm and M2 *q of the `len` vectors of s - pivot from element p on: a
+ * two-pass over the values held in registers (len is BLOCK, a constant, in the main loop), in T. */
+static TARGET FASTLN_ALWAYS_INLINE void
+NAME(block_moments)(const D *x, const D *r, const int has_r, Py_ssize_t p, int len, V pv,
+                    V *restrict bm, V *restrict q)
+{
+    V d[BLOCK], s0 = NAME(splat)(0), s1 = s0, q0 = s0, q1 = s0;
+    for (int k = 0; k < len; k++)
+        d[k] = NAME(vat)(x, r, has_r, p + k * W) - pv;
+    for (int k = 0; k + 1 < len; k += 2) {
+        s0 += d[k];
+        s1 += d[k + 1];
+    }
+    if (len % 2)
+        s0 += d[len - 1];
+    const V m = (s0 + s1) * (T)(1.0 / len);
+    for (int k = 0; k + 1 < len; k += 2) {
+        const V e0 = d[k] - m, e1 = d[k + 1] - m;
+        q0 = NAME(fma)(e0, e0, q0);
+        q1 = NAME(fma)(e1, e1, q1);
+    }
+    if (len % 2) {
+        const V e = d[len - 1] - m;
+        q0 = NAME(fma)(e, e, q0);
+    }
+    *bm = m;
+    *q = q0 + q1;
+}
+
 /* Moments of one row s (x, or x + r) about its pivot: *mean = mean(s - pivot),
  * *m2 = sum((s - mean(s))^2).
  *
  * Lane l of the W lanes sees elements l, l + W, l + 2W, ... The row is read in blocks of BLOCK
- * vectors. A block's per-lane mean and M2 are a two-pass over values still in registers, in T;
- * they are merged into the lane's running (count, mean, M2) in double with Chan's formula, which
- * is Welford's update taken a block at a time. A last partial block is merged a vector at a time
- * (Welford), the lanes pairwise (Chan), and the tail elements one by one. The order of every
- * operation depends only on n, never on threads. */
+ * vectors (the last may be shorter). A block's per-lane mean and M2 (block_moments, in T) are
+ * merged into the lane's running (count, mean, M2) in double with Chan's formula, which is
+ * Welford's update taken a block at a time; then the lanes pairwise (Chan), and the tail
+ * elements one by one (Welford). The order of every operation depends only on n, never on
+ * threads. */
 static TARGET FASTLN_ALWAYS_INLINE void
 NAME(row_moments)(const D *x, const D *r, const int has_r, Py_ssize_t n, T pivot,
                   double *restrict mean_out, double *restrict m2_out)
@@ -236,40 +265,23 @@ NAME(row_moments)(const D *x, const D *r, const int has_r, Py_ssize_t n, T pivot
     double mu = 0.0, q = 0.0;
     if (nvec > 0) {
         double mean[W], m2[W];
-        T lane_a[W];
         for (int l = 0; l < W; l++) {
             mean[l] = 0.0;
             m2[l] = 0.0;
         }
-        const V pv = NAME(splat)(pivot), zero = NAME(splat)(0);
+        const V pv = NAME(splat)(pivot);
         Py_ssize_t done = 0;                       /* vectors merged = values per lane */
-        for (; done + BLOCK <= nvec; done += BLOCK) {
-            const Py_ssize_t p = done * W;
-            V s0 = zero, s1 = zero, q0 = zero, q1 = zero;
-            for (int k = 0; k < BLOCK; k += 2) {
-                s0 += NAME(vat)(x, r, has_r, p + k * W) - pv;
-                s1 += NAME(vat)(x, r, has_r, p + (k + 1) * W) - pv;
-            }
-            const V bm = (s0 + s1) * (T)(1.0 / BLOCK);
-            for (int k = 0; k < BLOCK; k += 2) {
-                const V e0 = (NAME(vat)(x, r, has_r, p + k * W) - pv) - bm;
-                const V e1 = (NAME(vat)(x, r, has_r, p + (k + 1) * W) - pv) - bm;
-                q0 += e0 * e0;
-                q1 += e1 * e1;
-            }
+        while (done < nvec) {
+            const int len = nvec - done < BLOCK ? (int)(nvec - done) : BLOCK;
+            V bm, bq;
+            if (len == BLOCK)
+                NAME(block_moments)(x, r, has_r, done * W, BLOCK, pv, &bm, &bq);
+            else
+                NAME(block_moments)(x, r, has_r, done * W, len, pv, &bm, &bq);
             /* Chan: n = n_a + n_b, mean += delta n_b / n, M2 += M2_b + delta^2 n_a n_b / n */
-            const double na = (double)done, nb = (double)BLOCK;
-            NAME(chan_merge)(mean, m2, bm, q0 + q1, nb / (na + nb), na * nb / (na + nb));
-        }
-        for (; done < nvec; done++) {
-            NAME(store)(lane_a, NAME(vat)(x, r, has_r, done * W) - pv);
-            const double inv = 1.0 / (double)(done + 1);
-            for (int l = 0; l < W; l++) {
-                const double d = (double)lane_a[l];
-                const double delta = d - mean[l];
-                mean[l] += delta * inv;
-                m2[l] += delta * (d - mean[l]);
-            }
+            const double na = (double)done, nb = (double)len;
+            NAME(chan_merge)(mean, m2, bm, bq, nb / (na + nb), na * nb / (na + nb));
+            done += len;
         }
         /* Lanes have equal counts: mean = (a + b) / 2, M2 = M2_a + M2_b + delta^2 n_a / 2. */
         double half_count = (double)nvec;
@@ -356,7 +368,7 @@ NAME(fwd_one)(const D *xr, const D *rr, const T *restrict w, const T *restrict b
               Py_ssize_t i, T pivot, T mu, T rs, const int has_r, const int rms)
 {
     const T si = NAME(at)(xr, rr, has_r, i);
-    NAME(st1)(yr + i, rms ? si * (rs * w[i]) : ((si - pivot) - mu) * (rs * w[i]) + b[i]);
+    NAME(st1)(yr + i, rms ? si * (rs * w[i]) : NAME(fma1)((si - pivot) - mu, rs * w[i], b[i]));
     if (has_r)
         NAME(st1)(sr + i, si);
 }
@@ -437,7 +449,7 @@ NAME(fwd_rows)(const D *x, const D *r, const T *restrict w, const T *restrict b,
             if (rms)
                 out = si * scaled;
             else
-                out = ((si - pv) - muv) * scaled + NAME(load)(b + i);
+                out = NAME(fma)((si - pv) - muv, scaled, NAME(load)(b + i));
             if (stream)
                 NAME(streams)(yr + i, out);
             else
@@ -524,9 +536,10 @@ static TARGET inline void NAME(row_grad_sums)(const D *restrict x, const D *rest
 
 /* One row of the backward entirely in double, for rows the T sweep cannot take: float32 rows
  * with values near FLT_MAX or an rstd beyond 2^+-60, where products and sums of T would over- or
- * underflow, and LayerNorm rows of one value (whose dx is then exactly 0). Adds the row's dweight and dbias shares straight to the double partials. k is the
- * pivot (the saved mean; 0 for RMSNorm, which subtracts no mean), ds the incoming gradient of the
- * fused add's sum or NULL. */
+ * underflow, and LayerNorm rows of one value (whose dx is then exactly 0). Adds the row's
+ * dweight and dbias shares straight to the double partials. k is the pivot (the saved mean; 0
+ * for RMSNorm, which subtracts no mean), ds the incoming gradient of the fused add's sum or
+ * NULL. */
 static TARGET void NAME(bwd_row_exact)(const D *restrict dy, const D *restrict x, double k,
                                        double rs, const T *restrict w, const D *restrict ds,
                                        D *restrict dx, double *restrict dw_part,
@@ -612,7 +625,7 @@ NAME(bwd_cols)(const D *restrict dy, const D *restrict x, const T *restrict w,
 }
 
 /* Backward over a block of rows, fused: one sweep of reductions per row, then one sweep over a
- * group of GROUP_ROWS rows that writes their dx and adds their share of dweight and dbias to the
+ * group of rows (GROUP_ROWS or 2) that writes their dx and adds their share of dweight and dbias to the
  * block's double partials (summed over the group in T first, so the partials are read and written
  * once per group of rows, not once per row). The partials are added to, never cleared.
  *
@@ -641,8 +654,14 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
     head = head < n ? head : n;
     const Py_ssize_t vec_end = head + (n - head) / W * W;
     const double inv_n = 1.0 / (double)n;
-    for (Py_ssize_t r0 = 0; r0 < rows; r0 += GROUP_ROWS) {
-        const int nr = rows - r0 < GROUP_ROWS ? (int)(rows - r0) : GROUP_ROWS;
+    /* Groups of GROUP_ROWS rows while their x and dy fit in a 32 KiB level-1 cache with room to
+     * spare (float32 rows of up to 768 values), else of 2: the second sweep then reads them from
+     * there (measured on Zen 4: 2-row groups take 0.7x the time of 4-row ones on rows of 1024
+     * to 12288 float32 values held in the cache, 4-row groups 0.8x that of 2-row ones on
+     * 8192 x 768 from memory). */
+    const int group = (size_t)n * sizeof(D) * 2 * GROUP_ROWS <= 24576 ? GROUP_ROWS : 2;
+    for (Py_ssize_t r0 = 0; r0 < rows; r0 += group) {
+        const int nr = rows - r0 < group ? (int)(rows - r0) : group;
         /* Per row: the pivot, rs, nsh, nc and nrmg of bwd_cols. */
         T kc[5][GROUP_ROWS];
         int exact[GROUP_ROWS], any_exact = 0;
@@ -670,23 +689,27 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
 #define FASTLN_COLS(NR, EXACT, STREAM, RMS, DS)                                                 \
     NAME(bwd_cols)(dy + off0, x + off0, w, dsg, dx + off0, dw_part, db_part, n, head, vec_end, \
                    NR, EXACT, kc, STREAM, RMS, DS)
-        /* The common case, a whole group with no exact rows, is compiled once per (stream, RMS,
-         * ds) with the row count a constant, so that the per-row constants stay in registers and
-         * the row loop unrolls. */
-        if (nr == GROUP_ROWS && !any_exact) {
-            switch (stream | rms << 1 | has_ds << 2) {
-            case 0: FASTLN_COLS(GROUP_ROWS, NULL, 0, 0, 0); break;
-            case 1: FASTLN_COLS(GROUP_ROWS, NULL, 1, 0, 0); break;
-            case 2: FASTLN_COLS(GROUP_ROWS, NULL, 0, 1, 0); break;
-            case 3: FASTLN_COLS(GROUP_ROWS, NULL, 1, 1, 0); break;
-            case 4: FASTLN_COLS(GROUP_ROWS, NULL, 0, 0, 1); break;
-            case 5: FASTLN_COLS(GROUP_ROWS, NULL, 1, 0, 1); break;
-            case 6: FASTLN_COLS(GROUP_ROWS, NULL, 0, 1, 1); break;
-            default: FASTLN_COLS(GROUP_ROWS, NULL, 1, 1, 1); break;
-            }
-        } else {
+        /* The common case, a whole group with no exact rows, is compiled once per (group,
+         * stream, RMS, ds) with the row count a constant, so that the per-row constants stay in
+         * registers and the row loop unrolls. */
+#define FASTLN_FULL_GROUP(NR)                                                                 \
+    switch (stream | rms << 1 | has_ds << 2) {                                                \
+    case 0: FASTLN_COLS(NR, NULL, 0, 0, 0); break;                                           \
+    case 1: FASTLN_COLS(NR, NULL, 1, 0, 0); break;                                           \
+    case 2: FASTLN_COLS(NR, NULL, 0, 1, 0); break;                                           \
+    case 3: FASTLN_COLS(NR, NULL, 1, 1, 0); break;                                           \
+    case 4: FASTLN_COLS(NR, NULL, 0, 0, 1); break;                                           \
+    case 5: FASTLN_COLS(NR, NULL, 1, 0, 1); break;                                           \
+    case 6: FASTLN_COLS(NR, NULL, 0, 1, 1); break;                                           \
+    default: FASTLN_COLS(NR, NULL, 1, 1, 1); break;                                          \
+    }
+        if (nr == group && !any_exact && group == GROUP_ROWS)
+            FASTLN_FULL_GROUP(GROUP_ROWS)
+        else if (nr == group && !any_exact)
+            FASTLN_FULL_GROUP(2)
+        else
             FASTLN_COLS(nr, exact, stream, rms, has_ds);
-        }
+#undef FASTLN_FULL_GROUP
 #undef FASTLN_COLS
         /* The columns before `head` and after the last whole vector, one at a time. */
         for (Py_ssize_t k = 0; k < head + (n - vec_end); k++) {
