@@ -219,34 +219,45 @@ NAME(welford)(const D *x, const D *r, const int has_r, Py_ssize_t from, Py_ssize
     *q = s;
 }
 
-/* The per-lane mean *bm and M2 *q of the `len` vectors of s - pivot from element p on: a
- * two-pass over the values held in registers (len is BLOCK, a constant, in the main loop), in T. */
+/* The per-lane mean *bm and M2 *q of the `len` vectors of s - pivot from element p on, in T: a
+ * two-pass over values held in registers where the path has 32 of them (AVX-512), else read
+ * again from the cache (16 registers cannot hold a block; spilling it is slower). len is BLOCK,
+ * a constant, in the main loop. */
+#define FASTLN_HOLD_BLOCK (REGISTER_BYTES >= 64)
+static TARGET FASTLN_ALWAYS_INLINE V NAME(block_value)(const D *x, const D *r, const int has_r,
+                                                       Py_ssize_t p, int k, V pv, const V *d)
+{
+    if (FASTLN_HOLD_BLOCK)
+        return d[k];
+    return NAME(vat)(x, r, has_r, p + k * W) - pv;
+}
+
 static TARGET FASTLN_ALWAYS_INLINE void
 NAME(block_moments)(const D *x, const D *r, const int has_r, Py_ssize_t p, int len, V pv,
                     V *restrict bm, V *restrict q)
 {
     V d[BLOCK], s0 = NAME(splat)(0), s1 = s0, q0 = s0, q1 = s0;
-    for (int k = 0; k < len; k++)
-        d[k] = NAME(vat)(x, r, has_r, p + k * W) - pv;
-    for (int k = 0; k + 1 < len; k += 2) {
-        s0 += d[k];
-        s1 += d[k + 1];
+    for (int k = 0; k < len; k++) {
+        const V dk = NAME(vat)(x, r, has_r, p + k * W) - pv;
+        if (FASTLN_HOLD_BLOCK)
+            d[k] = dk;
+        if (k % 2)
+            s1 += dk;
+        else
+            s0 += dk;
     }
-    if (len % 2)
-        s0 += d[len - 1];
     const V m = (s0 + s1) * (T)(1.0 / len);
-    for (int k = 0; k + 1 < len; k += 2) {
-        const V e0 = d[k] - m, e1 = d[k + 1] - m;
-        q0 = NAME(fma)(e0, e0, q0);
-        q1 = NAME(fma)(e1, e1, q1);
-    }
-    if (len % 2) {
-        const V e = d[len - 1] - m;
-        q0 = NAME(fma)(e, e, q0);
+    for (int k = 0; k < len; k++) {
+        const V e = NAME(block_value)(x, r, has_r, p, k, pv, d) - m;
+        if (k % 2)
+            q1 = NAME(fma)(e, e, q1);
+        else
+            q0 = NAME(fma)(e, e, q0);
     }
     *bm = m;
     *q = q0 + q1;
 }
+#undef FASTLN_HOLD_BLOCK
 
 /* Moments of one row s (x, or x + r) about its pivot: *mean = mean(s - pivot),
  * *m2 = sum((s - mean(s))^2).
