@@ -579,24 +579,24 @@ static TARGET void NAME(bwd_row_exact)(const D *restrict dy, const D *restrict x
 /* The vector columns [from, to) of the backward's second sweep over a group of nr rows (dy, x,
  * ds and dx point at the group's first row): writes dx and adds the group's dweight and dbias
  * shares to the partials. Rows flagged in `exact` (NULL: none) are skipped. Per row r the
- * constants are (see norm_bwd) pivot k, rs = rstd, nsh = -shift * rs, nc = -c and
- * nrmg = -rs * mean(g):
- *   xhat = (x - k) * rs + nsh,   dx = g * rs + (xhat * nc + nrmg),   g = dy * w,
- * five multiply-adds and a subtraction per value with FMA. */
+ * constants kc[0..4][r] are (see norm_bwd) the pivot p, rs = rstd, nsh = -shift * rs, nc = -c
+ * and nrmg = -rs * mean(g):
+ *   xhat = (x - p) * rs + nsh,   dx = g * rs + (xhat * nc + nrmg),   g = dy * w,
+ * seven operations per value with FMA, the sums for dweight and dbias included. */
 static TARGET FASTLN_ALWAYS_INLINE void
 NAME(bwd_cols)(const D *restrict dy, const D *restrict x, const T *restrict w,
                const D *restrict ds, D *restrict dx, double *restrict dw_part,
                double *restrict db_part, Py_ssize_t n, Py_ssize_t from, Py_ssize_t to, int nr,
-               const int *exact, const T k[5][GROUP_ROWS], int stream, const int rms,
+               const int *exact, const T kc[5][GROUP_ROWS], int stream, const int rms,
                const int has_ds)
 {
     V pv[GROUP_ROWS], rsv[GROUP_ROWS], nshv[GROUP_ROWS], ncv[GROUP_ROWS], nrmgv[GROUP_ROWS];
     for (int r = 0; r < nr; r++) {
-        pv[r] = NAME(splat)(k[0][r]);
-        rsv[r] = NAME(splat)(k[1][r]);
-        nshv[r] = NAME(splat)(k[2][r]);
-        ncv[r] = NAME(splat)(k[3][r]);
-        nrmgv[r] = NAME(splat)(k[4][r]);
+        pv[r] = NAME(splat)(kc[0][r]);
+        rsv[r] = NAME(splat)(kc[1][r]);
+        nshv[r] = NAME(splat)(kc[2][r]);
+        ncv[r] = NAME(splat)(kc[3][r]);
+        nrmgv[r] = NAME(splat)(kc[4][r]);
     }
     for (Py_ssize_t j = from; j < to; j += W) {
         const V wv = NAME(load)(w + j);
@@ -636,9 +636,9 @@ NAME(bwd_cols)(const D *restrict dy, const D *restrict x, const T *restrict w,
 }
 
 /* Backward over a block of rows, fused: one sweep of reductions per row, then one sweep over a
- * group of rows (GROUP_ROWS or 2) that writes their dx and adds their share of dweight and dbias to the
- * block's double partials (summed over the group in T first, so the partials are read and written
- * once per group of rows, not once per row). The partials are added to, never cleared.
+ * group of rows (GROUP_ROWS or 2) that writes their dx and adds their share of dweight and dbias
+ * to the block's double partials (summed over the group in T first, so the partials are read and
+ * written once per group of rows, not once per row). The partials are added to, never cleared.
  *
  *   LayerNorm:  xhat = (x - mean) * rstd,  g = dy * w,
  *               dx = rstd * (g - mean(g)) - xhat * (rstd * mean(g * xhat)),
@@ -667,9 +667,9 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
     const double inv_n = 1.0 / (double)n;
     /* Groups of GROUP_ROWS rows while their x and dy fit in a 32 KiB level-1 cache with room to
      * spare (float32 rows of up to 768 values), else of 2: the second sweep then reads them from
-     * there (measured on Zen 4: 2-row groups take 0.7x the time of 4-row ones on rows of 1024
-     * to 12288 float32 values held in the cache, 4-row groups 0.8x that of 2-row ones on
-     * 8192 x 768 from memory). */
+     * there. Measured on Zen 4, one thread: 2-row groups take 0.7x the time of 4-row ones on
+     * cached rows of 1024 to 12288 float32 values; 4-row groups about 0.85x that of 2-row ones
+     * on 8192 x 768 from memory. */
     const int group = (size_t)n * sizeof(D) * 2 * GROUP_ROWS <= 24576 ? GROUP_ROWS : 2;
     for (Py_ssize_t r0 = 0; r0 < rows; r0 += group) {
         const int nr = rows - r0 < group ? (int)(rows - r0) : group;
@@ -731,9 +731,9 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
                     continue;
                 const Py_ssize_t off = (r0 + r) * n + j;
                 const T dyv = NAME(ld1)(dy + off);
-                const T xhat = rms ? NAME(ld1)(x + off) * kc[1][r]
-                                   : NAME(fma1)(NAME(ld1)(x + off) - kc[0][r], kc[1][r], kc[2][r]);
-                const T d = NAME(fma1)(dyv * w[j], kc[1][r], NAME(fma1)(xhat, kc[3][r], kc[4][r]));
+                const T xv = NAME(ld1)(x + off), rs = kc[1][r];
+                const T xhat = rms ? xv * rs : NAME(fma1)(xv - kc[0][r], rs, kc[2][r]);
+                const T d = NAME(fma1)(dyv * w[j], rs, NAME(fma1)(xhat, kc[3][r], kc[4][r]));
                 NAME(st1)(dx + off, has_ds ? d + NAME(ld1)(ds + off) : d);
                 dwa = NAME(fma1)(dyv, xhat, dwa);
                 dba += dyv;
