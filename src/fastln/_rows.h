@@ -95,7 +95,7 @@ typedef struct {
 #define FASTLN_CAT3(a, b, c) FASTLN_CAT3_(a, b, c)
 #define NAME(f) FASTLN_CAT3(f, FASTLN_PATH, FASTLN_TS)
 
-/* Statistics are formed in blocks of BLOCK vectors (even); the backward sums the dweight and
+/* Statistics are formed in blocks of BLOCK vectors; the backward sums the dweight and
  * dbias shares of up to GROUP_ROWS rows before adding them to its double partials. */
 #define BLOCK 16
 #define GROUP_ROWS 4
