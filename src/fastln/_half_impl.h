@@ -108,10 +108,20 @@ static TARGET inline void NAME(vstore_f16)(uint16_t *p, NAME(fvec) v)
 #endif
 }
 
+/* GCC widens a generic vector of 16-bit values in 128-bit pieces (extract, extend, insert): the
+ * intrinsics widen a whole register in one instruction. */
 static TARGET inline NAME(fvec) NAME(vload_bf16)(const uint16_t *p)
 {
+#if FASTLN_X86_DISPATCH && REGISTER_BYTES == 64
+    return (NAME(fvec))_mm512_slli_epi32(
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16);
+#elif FASTLN_X86_DISPATCH && REGISTER_BYTES == 32
+    return (NAME(fvec))_mm256_slli_epi32(
+        _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16);
+#else
     const NAME(uvec) u = __builtin_convertvector(*(const NAME(hvec) *)p, NAME(uvec)) << 16;
     return (NAME(fvec))u;
+#endif
 }
 
 /* v rounded to bfloat16, still as float32 bit patterns (low 16 bits zero). */
@@ -125,6 +135,29 @@ static TARGET inline NAME(uvec) NAME(vround_bf16)(NAME(fvec) v)
 
 static TARGET inline void NAME(vstore_bf16)(uint16_t *p, NAME(fvec) v)
 {
+/* vround_bf16 written for the instruction set: NaN found by an unordered compare, and the high
+ * halves narrowed in one or two instructions. */
+#if FASTLN_X86_DISPATCH && REGISTER_BYTES == 64
+    const __m512i u = (__m512i)v;
+    __m512i rounded = _mm512_add_epi32(
+        _mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)),
+        _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)));
+    rounded = _mm512_mask_or_epi32(rounded, _mm512_cmp_ps_mask((__m512)v, (__m512)v,
+                                                               _CMP_UNORD_Q),
+                                   u, _mm512_set1_epi32(0x00400000));
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16)));
+#elif FASTLN_X86_DISPATCH && REGISTER_BYTES == 32
+    const __m256i u = (__m256i)v;
+    const __m256i rounded = _mm256_add_epi32(
+        _mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)),
+        _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1)));
+    const __m256i nan = (__m256i)_mm256_cmp_ps((__m256)v, (__m256)v, _CMP_UNORD_Q);
+    const __m256i high = _mm256_srli_epi32(
+        _mm256_blendv_epi8(rounded, _mm256_or_si256(u, _mm256_set1_epi32(0x00400000)), nan), 16);
+    _mm_storeu_si128((__m128i *)p, _mm_packus_epi32(_mm256_castsi256_si128(high),
+                                                    _mm256_extracti128_si256(high, 1)));
+#else
     *(NAME(hvec) *)p = __builtin_convertvector(NAME(vround_bf16)(v) >> 16, NAME(hvec));
+#endif
 }
 #endif
