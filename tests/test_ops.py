@@ -291,9 +291,10 @@ def test_large_outputs_written_with_streaming_stores(rng, dtype):
         np.testing.assert_array_equal(y[r], fastln.layer_norm(x[r:r + 1], n, w, b)[0])
 
 
-@pytest.mark.parametrize("n", [1024, 1027])
+@pytest.mark.parametrize("n", [768, 1024, 1027])
 def test_large_backward_written_with_streaming_stores(rng, n):
-    # dx of 16 MiB and more is streamed when a row is a whole number of vectors (n = 1024).
+    # dx of 16 MiB and more is streamed when a row is a whole number of vectors (n = 768, 1024);
+    # rows as short as 768 are also fetched a group ahead.
     x = rng.standard_normal(((16 << 20) // (4 * n) + 5, n)).astype(np.float32)
     dy = rng.standard_normal(x.shape).astype(np.float32)
     _, mean, rstd = fastln.layer_norm_forward(x, n)
