@@ -493,7 +493,7 @@ static TARGET void NAME(norm_fwd)(const D *x, const D *r, const T *w, const T *b
 {
     /* Data too large for the cache (FASTLN_STREAM): 16-bit outputs are not streamed, but every
      * dtype fetches the row two on while it normalizes this one (the hardware prefetcher stops
-     * at page boundaries); on Zen, one thread, that took 0.78x the time on 65536 x 1024 and
+     * at page boundaries); on Zen 5, one thread, that took 0.78x the time on 65536 x 1024 and
      * 0.85x on 8192 x 768 with the residual add. */
     const int large = (flags & FASTLN_STREAM) != 0;
     const int stream = large && sizeof(D) == sizeof(T);
@@ -696,7 +696,7 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
     /* Data too large for the cache (FASTLN_STREAM, whether or not the dtype streams) in groups
      * of GROUP_ROWS short rows: 4 rows of up to 768 float32 values span pages that the
      * hardware prefetcher does not follow, and fetching them while the group before is
-     * computed took 0.65x the time on 8192 x 768 from memory (Zen, one thread). With longer
+     * computed took 0.65x the time on 8192 x 768 from memory (Zen 5, one thread). With longer
      * rows it did not help. */
     const int prefetch = (flags & FASTLN_STREAM) && group == GROUP_ROWS;
     for (Py_ssize_t r0 = 0; r0 < rows; r0 += group) {
