@@ -275,10 +275,12 @@ def test_float64_overflowing_spread_gives_nan_not_a_number_that_looks_right():
     assert_close(y[1], reference.layer_norm(x[1], 4), np.float64)
 
 
+@pytest.mark.parametrize("n", [1027, 4099])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_large_outputs_written_with_streaming_stores(rng, dtype):
-    # 16 MiB and more is written with non-temporal stores, from every row alignment.
-    n = 1027                                            # rows start at every offset mod 64
+def test_large_outputs_written_with_streaming_stores(rng, dtype, n):
+    # 16 MiB and more is written with non-temporal stores, from every row alignment (n odd:
+    # rows start at every offset mod 64), and fetched ahead: rows of 1027 values row by row,
+    # rows of over 16 KiB (4099 float32 values) within the row.
     x = rng.standard_normal(((16 << 20) // (n * np.dtype(dtype).itemsize) + 3, n)).astype(dtype)
     y = fastln.layer_norm(x, n)
     for r in (0, 1, 2, 3, 5, x.shape[0] - 1):

@@ -124,40 +124,41 @@ static TARGET inline NAME(fvec) NAME(vload_bf16)(const uint16_t *p)
 #endif
 }
 
-/* v rounded to bfloat16, still as float32 bit patterns (low 16 bits zero). */
-static TARGET inline NAME(uvec) NAME(vround_bf16)(NAME(fvec) v)
+/* The bits of v rounded to bfloat16 in their high halves (to nearest even; the low halves are
+ * left over), and those of NaN made quiet, to select where v is NaN. */
+static TARGET inline NAME(uvec) NAME(bf16_rounded)(NAME(fvec) v)
 {
     const NAME(uvec) u = (NAME(uvec))v;
-    const NAME(uvec) nan = (NAME(uvec))((NAME(ivec))(u & 0x7fffffffu) > 0x7f800000);
-    const NAME(uvec) rounded = u + 0x7fffu + ((u >> 16) & 1u);
-    return ((rounded & ~nan) | ((u | 0x00400000u) & nan)) & 0xffff0000u;
+    return u + 0x7fffu + ((u >> 16) & 1u);
 }
 
+static TARGET inline NAME(uvec) NAME(bf16_quiet)(NAME(fvec) v)
+{
+    return (NAME(uvec))v | 0x00400000u;
+}
+
+/* Stores v rounded to bfloat16. The x86 paths find NaN with an unordered compare (a mask
+ * register on AVX-512) and narrow the high halves in one or two instructions; written
+ * generically, GCC does neither. */
 static TARGET inline void NAME(vstore_bf16)(uint16_t *p, NAME(fvec) v)
 {
-/* vround_bf16 written for the instruction set: NaN found by an unordered compare, and the high
- * halves narrowed in one or two instructions. */
 #if FASTLN_X86_DISPATCH && REGISTER_BYTES == 64
-    const __m512i u = (__m512i)v;
-    __m512i rounded = _mm512_add_epi32(
-        _mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)),
-        _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)));
-    rounded = _mm512_mask_or_epi32(rounded, _mm512_cmp_ps_mask((__m512)v, (__m512)v,
-                                                               _CMP_UNORD_Q),
-                                   u, _mm512_set1_epi32(0x00400000));
-    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16)));
+    const __m512i bits = _mm512_mask_blend_epi32(
+        _mm512_cmp_ps_mask((__m512)v, (__m512)v, _CMP_UNORD_Q), (__m512i)NAME(bf16_rounded)(v),
+        (__m512i)NAME(bf16_quiet)(v));
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16)));
 #elif FASTLN_X86_DISPATCH && REGISTER_BYTES == 32
-    const __m256i u = (__m256i)v;
-    const __m256i rounded = _mm256_add_epi32(
-        _mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)),
-        _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1)));
-    const __m256i nan = (__m256i)_mm256_cmp_ps((__m256)v, (__m256)v, _CMP_UNORD_Q);
     const __m256i high = _mm256_srli_epi32(
-        _mm256_blendv_epi8(rounded, _mm256_or_si256(u, _mm256_set1_epi32(0x00400000)), nan), 16);
+        _mm256_blendv_epi8((__m256i)NAME(bf16_rounded)(v), (__m256i)NAME(bf16_quiet)(v),
+                           (__m256i)_mm256_cmp_ps((__m256)v, (__m256)v, _CMP_UNORD_Q)),
+        16);
     _mm_storeu_si128((__m128i *)p, _mm_packus_epi32(_mm256_castsi256_si128(high),
                                                     _mm256_extracti128_si256(high, 1)));
 #else
-    *(NAME(hvec) *)p = __builtin_convertvector(NAME(vround_bf16)(v) >> 16, NAME(hvec));
+    const NAME(uvec) u = (NAME(uvec))v;
+    const NAME(uvec) nan = (NAME(uvec))((NAME(ivec))(u & 0x7fffffffu) > 0x7f800000);
+    const NAME(uvec) bits = (NAME(bf16_rounded)(v) & ~nan) | (NAME(bf16_quiet)(v) & nan);
+    *(NAME(hvec) *)p = __builtin_convertvector(bits >> 16, NAME(hvec));
 #endif
 }
 #endif

@@ -525,12 +525,13 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, out=Non
     Parameters
     ----------
     x : array_like
-        Input of dtype float32 or float64, shape ``(*, *normalized_shape)``. Any layout works;
-        C-contiguous input takes the fast path.
+        Input of dtype float32, float64, float16 or bfloat16 (with ml_dtypes), shape
+        ``(*, *normalized_shape)``. Any layout works; C-contiguous input takes the fast path.
     normalized_shape : int or tuple of int
         The trailing dims to normalize over.
     weight, bias : array_like, optional
-        Of shape `normalized_shape`; default 1 and 0. Cast to x's dtype when that loses nothing.
+        Of shape `normalized_shape`; default 1 and 0. Cast to x's dtype when that loses nothing
+        (to float32 for 16-bit x, whose weight and bias may be float32 or x's dtype).
     eps : float, optional
         Added to the variance; finite and >= 0 (0 gives NaN/inf on constant rows).
     out : ndarray, optional
@@ -562,7 +563,7 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5):
         As `layer_norm` returns it.
     mean, rstd : ndarray
         Per-row mean and ``1 / sqrt(var + eps)``, of shape ``x.shape[:-len(normalized_shape)]``
-        and x's dtype.
+        and x's dtype (float32 for float16 and bfloat16 x).
 
     Examples
     --------
@@ -586,7 +587,7 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None):
     dy : array_like
         Gradient of the loss with respect to y; shape of x.
     x : array_like
-        The forward's input, float32 or float64.
+        The forward's input: float32, float64, float16 or bfloat16.
     mean, rstd : array_like
         As returned by `layer_norm_forward`. Their number of dims fixes the normalized dims:
         x's last ``x.ndim - mean.ndim``. The mean is refined against x, so its rounding to

@@ -259,6 +259,20 @@ NAME(block_moments)(const D *x, const D *r, const int has_r, Py_ssize_t p, int l
 }
 #undef FASTLN_HOLD_BLOCK
 
+/* Prefetches the block of BLOCK vectors `ahead` bytes past element i of x (and of r with
+ * has_r): on long rows the statistics sweep runs that far in front of the hardware prefetcher,
+ * into the next row at its end (a prefetch past the data does nothing). */
+static TARGET FASTLN_ALWAYS_INLINE void NAME(fetch_block)(const D *x, const D *r,
+                                                          const int has_r, Py_ssize_t i,
+                                                          Py_ssize_t ahead)
+{
+    for (Py_ssize_t k = 0; k < BLOCK * W * (Py_ssize_t)sizeof(D); k += 64) {
+        __builtin_prefetch((const char *)(x + i) + ahead + k);
+        if (has_r)
+            __builtin_prefetch((const char *)(r + i) + ahead + k);
+    }
+}
+
 /* Moments of one row s (x, or x + r) about its pivot: *mean = mean(s - pivot),
  * *m2 = sum((s - mean(s))^2).
  *
@@ -270,7 +284,7 @@ NAME(block_moments)(const D *x, const D *r, const int has_r, Py_ssize_t p, int l
  * threads. */
 static TARGET FASTLN_ALWAYS_INLINE void
 NAME(row_moments)(const D *x, const D *r, const int has_r, Py_ssize_t n, T pivot,
-                  double *restrict mean_out, double *restrict m2_out)
+                  Py_ssize_t ahead, double *restrict mean_out, double *restrict m2_out)
 {
     const Py_ssize_t nvec = n / W;
     double mu = 0.0, q = 0.0;
@@ -284,6 +298,8 @@ NAME(row_moments)(const D *x, const D *r, const int has_r, Py_ssize_t n, T pivot
         Py_ssize_t done = 0;                       /* vectors merged = values per lane */
         while (done < nvec) {
             const int len = nvec - done < BLOCK ? (int)(nvec - done) : BLOCK;
+            if (ahead)
+                NAME(fetch_block)(x, r, has_r, done * W, ahead);
             V bm, bq;
             if (len == BLOCK)
                 NAME(block_moments)(x, r, has_r, done * W, BLOCK, pv, &bm, &bq);
@@ -324,7 +340,8 @@ NAME(row_moments)(const D *x, const D *r, const int has_r, Py_ssize_t n, T pivot
  * sum leaves T's comfortable range (values beyond ~2^+-50 in float32, ~2^+-500 in float64) is
  * summed again in double, scaled by its largest magnitude so that nothing overflows. */
 static TARGET FASTLN_ALWAYS_INLINE double
-NAME(row_rstd_rms)(const D *x, const D *r, const int has_r, Py_ssize_t n, double eps)
+NAME(row_rstd_rms)(const D *x, const D *r, const int has_r, Py_ssize_t n, double eps,
+                   Py_ssize_t ahead)
 {
     const Py_ssize_t nvec = n / W;
     double lanes[W];
@@ -334,6 +351,8 @@ NAME(row_rstd_rms)(const D *x, const D *r, const int has_r, Py_ssize_t n, double
     Py_ssize_t v = 0;
     while (v < nvec) {
         const int len = nvec - v < BLOCK ? (int)(nvec - v) : BLOCK;
+        if (ahead)
+            NAME(fetch_block)(x, r, has_r, v * W, ahead);
         V sq = zero;
         for (int k = 0; k < len; k++, v++) {
             const V e = NAME(vat)(x, r, has_r, v * W);
@@ -397,9 +416,13 @@ NAME(fwd_rows)(const D *x, const D *r, const T *restrict w, const T *restrict b,
      * back from the cache (one conversion per value instead of one per value and sweep). Wider
      * data forms x + r afresh in every sweep and stores it with y. */
     const int fused = has_r && sizeof(D) == sizeof(T);
-    /* Rows two on are fetched while this one is normalized (see norm_fwd), except in the
-     * 16-bit add, where it was slower (1.2x the time). */
-    prefetch = prefetch && (fused || !has_r);
+    /* prefetch (see norm_fwd): 1, short rows fetch the row two on while this one is
+     * normalized; 2, long rows fetch 4 KiB ahead of the statistics sweep. With the residual
+     * add only the first, and only in float32 and float64: 16-bit short rows and all long
+     * ones took 1.2-1.3x the time. */
+    if (has_r && !(fused && prefetch == 1))
+        prefetch = 0;
+    const Py_ssize_t ahead = prefetch == 2 ? 4096 : 0;
     for (Py_ssize_t row = 0; row < rows; row++) {
         const D *xr = x + row * n, *rr = has_r ? r + row * n : NULL;
         D *yr = y + row * n, *sr = has_r ? sum + row * n : NULL;
@@ -414,11 +437,11 @@ NAME(fwd_rows)(const D *x, const D *r, const T *restrict w, const T *restrict b,
         const T pivot = rms ? (T)0 : NAME(at)(xr, rr, fused, 0);
         double mu = 0.0, rs, spread;
         if (rms) {
-            rs = NAME(row_rstd_rms)(xr, rr, fused, n, eps);
+            rs = NAME(row_rstd_rms)(xr, rr, fused, n, eps, ahead);
             spread = 1.0;
         } else {
             double m2;
-            NAME(row_moments)(xr, rr, fused, n, pivot, &mu, &m2);
+            NAME(row_moments)(xr, rr, fused, n, pivot, ahead, &mu, &m2);
             /* A finite float64 row whose spread exceeds ~1e154 overflows m2: say so with NaN
              * rather than return the bias as if the row were constant. */
             rs = m2 > DBL_MAX ? NAN : 1.0 / sqrt(m2 / (double)n + eps);
@@ -457,7 +480,7 @@ NAME(fwd_rows)(const D *x, const D *r, const T *restrict w, const T *restrict b,
         for (; i < head && i < n; i++)
             NAME(fwd_one)(xr, rr, w, b, yr, sr, i, pivot, mu_t, rs_t, fused, rms);
         for (; i + W <= n; i += W) {
-            if (prefetch && row + 2 < rows) {
+            if (prefetch == 1 && row + 2 < rows) {
                 __builtin_prefetch(xr + 2 * n + i);
                 if (fused)
                     __builtin_prefetch(rr + 2 * n + i);
@@ -491,14 +514,18 @@ static TARGET void NAME(norm_fwd)(const D *x, const D *r, const T *w, const T *b
                                   T *mean, T *rstd, Py_ssize_t rows, Py_ssize_t n, double eps,
                                   int flags)
 {
-    /* Data too large for the cache (FASTLN_STREAM): 16-bit outputs are not streamed, but every
-     * dtype fetches the row two on while it normalizes this one (the hardware prefetcher stops
-     * at page boundaries); on Zen 5, one thread, that took 0.78x the time on 65536 x 1024 and
-     * 0.85x on 8192 x 768 with the residual add. */
+    /* Data too large for the cache (FASTLN_STREAM) is fetched ahead, the hardware prefetcher
+     * stopping at page boundaries (16-bit outputs are not streamed, but fetched ahead all the
+     * same). Rows of up to 16 KiB fetch the row two on while they normalize this one: on
+     * Zen 5, one thread, 0.78x the time on 65536 x 1024 float32, 0.85x on 4096 x 4096, 0.85x
+     * on 8192 x 768 with the residual add. Longer rows, where that took 1.2-1.4x the time,
+     * fetch 4 KiB ahead of their statistics sweep instead: 0.8x the time on 1024 x 16384
+     * float32, 0.65x on 4096 x 4096 float64. */
     const int large = (flags & FASTLN_STREAM) != 0;
     const int stream = large && sizeof(D) == sizeof(T);
+    const int prefetch = !large ? 0 : (size_t)n * sizeof(D) <= 16384 ? 1 : 2;
 #define FASTLN_FWD_ROWS(HAS_R, RMS)                                                           \
-    NAME(fwd_rows)(x, r, w, b, sum, y, mean, rstd, rows, n, eps, stream, large, HAS_R, RMS)
+    NAME(fwd_rows)(x, r, w, b, sum, y, mean, rstd, rows, n, eps, stream, prefetch, HAS_R, RMS)
     if (flags & FASTLN_RMS) {
         if (r != NULL)
             FASTLN_FWD_ROWS(1, 1);

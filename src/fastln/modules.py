@@ -26,7 +26,7 @@ class LayerNorm:
     bias : bool, optional
         Hold a bias; ignored when `elementwise_affine` is False.
     dtype : float32 or float64, optional
-        dtype of weight and bias.
+        dtype of weight and bias (float32 serves float16 and bfloat16 inputs too).
 
     Examples
     --------
