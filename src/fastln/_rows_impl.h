@@ -723,10 +723,9 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
     /* Data too large for the cache (FASTLN_STREAM, whether or not the dtype streams) in groups
      * of GROUP_ROWS short rows: 4 rows of up to 768 float32 values span pages that the
      * hardware prefetcher does not follow, and fetching them while the group before is
-     * computed took 0.65x the time on 8192 x 768 from memory (Zen 5, one thread), 0.6-0.75x
+     * computed took 0.65x the time on 8192 x 768 from memory (Zen 5, one thread), about 0.7x
      * on 65536 x 1024 float16. With longer rows it did not help, nor in the float32 RMSNorm
-     * backward (1.3x the time on 8192 x 768), whose lighter second sweep leaves the hardware
-     * prefetcher time to keep up. */
+     * backward (1.3x the time on 8192 x 768, for reasons not found). */
     const int prefetch = (flags & FASTLN_STREAM) && group == GROUP_ROWS &&
                          !(rms && sizeof(D) == sizeof(T));
     for (Py_ssize_t r0 = 0; r0 < rows; r0 += group) {
