@@ -278,9 +278,9 @@ def test_float64_overflowing_spread_gives_nan_not_a_number_that_looks_right():
 @pytest.mark.parametrize("n", [1027, 4099])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_large_outputs_written_with_streaming_stores(rng, dtype, n):
-    # 16 MiB and more is written with non-temporal stores, from every row alignment (n odd:
-    # rows start at every offset mod 64), and fetched ahead: rows of 1027 values row by row,
-    # rows of over 16 KiB (4099 float32 values) within the row.
+    # x of 16 MiB (32 MiB with y) is written with non-temporal stores, from every row
+    # alignment (n odd: rows start at every offset mod 64), and fetched ahead: rows of 1027
+    # values row by row, rows of over 16 KiB (4099 float32 values) within the row.
     x = rng.standard_normal(((16 << 20) // (n * np.dtype(dtype).itemsize) + 3, n)).astype(dtype)
     y = fastln.layer_norm(x, n)
     for r in (0, 1, 2, 3, 5, x.shape[0] - 1):
@@ -293,11 +293,24 @@ def test_large_outputs_written_with_streaming_stores(rng, dtype, n):
         np.testing.assert_array_equal(y[r], fastln.layer_norm(x[r:r + 1], n, w, b)[0])
 
 
+def test_large_fused_add_streams_with_the_same_bits(rng):
+    # With the residual add the forward's four arrays reach the streaming size at 8 MiB each;
+    # every row comes out as it does alone (not streamed).
+    n = 1027
+    x = rng.standard_normal(((8 << 20) // (4 * n) + 3, n)).astype(np.float32)
+    r = rng.standard_normal(x.shape).astype(np.float32)
+    y, s = fastln.add_layer_norm(x, r, n)
+    for i in (0, 1, 2, x.shape[0] - 1):
+        y1, s1 = fastln.add_layer_norm(x[i:i + 1], r[i:i + 1], n)
+        np.testing.assert_array_equal(y[i], y1[0])
+        np.testing.assert_array_equal(s[i], s1[0])
+
+
 @pytest.mark.parametrize("n", [768, 1024, 1027])
 def test_large_backward_written_with_streaming_stores(rng, n):
-    # dx of 16 MiB and more is streamed when a row is a whole number of vectors (n = 768, 1024);
-    # rows as short as 768 are also fetched a group ahead.
-    x = rng.standard_normal(((16 << 20) // (4 * n) + 5, n)).astype(np.float32)
+    # dx is streamed once dy, x and dx come to 16 MiB, when a row is a whole number of vectors
+    # (n = 768, 1024); rows as short as 768 are also fetched a group ahead.
+    x = rng.standard_normal(((16 << 20) // (3 * 4 * n) + 5, n)).astype(np.float32)
     dy = rng.standard_normal(x.shape).astype(np.float32)
     _, mean, rstd = fastln.layer_norm_forward(x, n)
     dx, _, db = fastln.layer_norm_backward(dy, x, mean, rstd)
