@@ -81,7 +81,7 @@ static TARGET inline void NAME(sts)(uint16_t *p, V v) { FASTLN_VSTORE(p, v); }
 static TARGET inline V NAME(lds)(const uint16_t *p) { return NAME(ld1)(p); }
 static TARGET inline void NAME(sts)(uint16_t *p, V v) { NAME(st1)(p, v); }
 #endif
-/* 16-bit outputs are not streamed (their kernels are never asked to). */
+/* 16-bit outputs are not streamed: norm_fwd and norm_bwd stream only data stored as T. */
 static TARGET inline void NAME(streams)(uint16_t *p, V v) { NAME(sts)(p, v); }
 #undef FASTLN_H2F
 #undef FASTLN_F2H
@@ -756,9 +756,9 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
         const D *dsg = has_ds ? ds + off0 : NULL;
         /* On large data, short rows' groups are fetched from memory ahead, two groups on
          * (see bwd_cols). */
-        const int ahead = prefetch && r0 + 3 * group <= rows;
-        const D *ndy = ahead ? dy + off0 + 2 * group * n : NULL,
-                *nx = ahead ? x + off0 + 2 * group * n : NULL;
+        const int fetch_next = prefetch && r0 + 3 * group <= rows;
+        const D *ndy = fetch_next ? dy + off0 + 2 * group * n : NULL,
+                *nx = fetch_next ? x + off0 + 2 * group * n : NULL;
 #define FASTLN_COLS(NR, EXACT, STREAM, RMS, DS)                                                 \
     NAME(bwd_cols)(dy + off0, x + off0, w, dsg, dx + off0, dw_part, db_part, n, head, vec_end, \
                    NR, EXACT, kc, STREAM, RMS, DS, ndy, nx)
