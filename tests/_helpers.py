@@ -50,3 +50,13 @@ def precise(a):
     if a.dtype == np.float64 and np.finfo(np.longdouble).eps < np.finfo(np.float64).eps:
         return a.astype(np.longdouble)
     return a
+
+
+def placed(a, offset):
+    """A copy of `a` whose data starts `offset` bytes past a 64-byte boundary."""
+    buf = np.empty(a.nbytes + 128, np.uint8)
+    start = (-buf.ctypes.data) % 64 + offset
+    out = buf[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    assert out.ctypes.data % 64 == offset
+    return out

@@ -283,16 +283,39 @@ _pool_max_bytes = 1 << 30
 _pool = {}                          # (shape, dtype) -> arrays that results were made in
 
 
-def _fresh(x):
-    """An uninitialized array of x's shape and dtype, reused from the pool when one is free."""
+# Outputs of this size and more are placed like an input (see _fresh). On smaller ones the
+# extra allocation would cost more than misaligned vectors do.
+_NEAR_MIN_BYTES = 64 << 10
+
+
+def _fresh(x, like=None):
+    """An uninitialized array of x's shape and dtype, reused from the pool when one is free.
+
+    From _NEAR_MIN_BYTES on, its data sits at the same address modulo 64 bytes as like's (x's
+    when None): the kernels start their vector sweeps where the output (dx: dy) is aligned, and
+    then read the input aligned too. On Zen 5, float32 rows of 1024, one thread, arrays 16 bytes
+    off a 64-byte boundary took 1.3x the backward's time and 1.1x the forward's when they were
+    not placed alike. A free pooled array placed otherwise is used when the pool is full.
+    """
     nbytes = x.nbytes
-    if nbytes < _POOL_MIN_BYTES or nbytes * 2 > _pool_max_bytes:
+    if nbytes < _NEAR_MIN_BYTES:
         return _cpu.empty(x, 0, x.ndim)
+    like = x if like is None else like
+    if nbytes < _POOL_MIN_BYTES or nbytes * 2 > _pool_max_bytes:
+        return _cpu.empty_near(x, like)
     spares = _pool.setdefault((x.shape, x.dtype), [])
+    free = None
     for a in spares:
-        if sys.getrefcount(a) == 3:   # held by `spares`, by `a` and by this call only
-            return a
-    a = np.empty(x.shape, x.dtype)
+        # Free when held by `spares`, by `a` and by this call only, and its buffer only by it
+        # (NumPy makes the buffer the base of every view of `a`).
+        if sys.getrefcount(a) == 3 and sys.getrefcount(a.base) == 2:
+            if _cpu.same_offset(a, like):
+                return a
+            free = a if free is None else free
+    if free is not None and (len(spares) >= _POOL_PER_SHAPE or
+                             _pooled_bytes() + nbytes > _pool_max_bytes):
+        return free
+    a = _cpu.empty_near(x, like)
     if len(spares) < _POOL_PER_SHAPE and _pooled_bytes() + nbytes <= _pool_max_bytes:
         spares.append(a)
     return a
@@ -499,7 +522,7 @@ def _backward(dy, x, mean, rstd, weight, dsum=None, rms=False, fused=False):
         mean = None if rms else _kernel_ready(mean)
     ndim, lead = x.ndim, x.ndim - len(nshape)
     stat = _stat_dtype(x.dtype)
-    dx = _fresh(x)
+    dx = _fresh(x, dy)
     dweight = None if weight is None else _cpu.empty(x, lead, ndim, stat)
     dbias = None if rms else _cpu.empty(x, lead, ndim, stat)
     _cpu.norm_backward(_kind(x.dtype), dy, x, mean, rstd, w, ds, dx, dweight, dbias, rms)

@@ -66,7 +66,7 @@
     typedef void (*fastln_bwd_##TS)(const T *, const T *, const T *, const T *, const T *,      \
                                     const T *, T *, double *, double *, Py_ssize_t,           \
                                     Py_ssize_t, int);                                         \
-    typedef void (*fastln_sum_##TS)(double *, Py_ssize_t, Py_ssize_t, T *);
+    typedef void (*fastln_sum_##TS)(double *, Py_ssize_t, Py_ssize_t, Py_ssize_t, T *);
 FASTLN_KERNEL_TYPES(float, f32)
 FASTLN_KERNEL_TYPES(double, f64)
 /* 16-bit data (uint16_t bits) with float weight, bias, statistics and partial sums. */

@@ -1,0 +1,90 @@
+"""Where arrays sit in memory changes how the kernels sweep them (they start their vectors where
+an output is aligned), never the result; fresh outputs are placed like their input."""
+
+import numpy as np
+import pytest
+from _helpers import DTYPES, placed
+
+import fastln
+from fastln import _ops
+
+
+def _offsets(dtype):
+    size = np.dtype(dtype).itemsize
+    return [0, size, 16, 48 + size if size < 16 else 48]
+
+
+def _all_ops(x, r, dy, w, b, n):
+    y, mean, rstd = fastln.layer_norm_forward(x, n, w, b)
+    yr, rrstd = fastln.rms_norm_forward(x, n, w)
+    ya, sa = fastln.add_layer_norm(x, r, n, w, b)
+    return {
+        "layer_norm": y,
+        "rms_norm": yr,
+        "add_layer_norm": np.concatenate([ya, sa]),
+        "layer_norm_backward": fastln.layer_norm_backward(dy, x, mean, rstd, w),
+        "rms_norm_backward": fastln.rms_norm_backward(dy, x, rrstd, w),
+    }
+
+
+@pytest.mark.parametrize("n", [768, 1024, 1000])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_results_do_not_depend_on_where_the_arrays_are(rng, simd_path, dtype, n):
+    # 48 rows: above the size from which fresh outputs are placed like an input, so outputs
+    # and inputs move together as well as apart.
+    x, r, dy = (rng.standard_normal((48, n)).astype(dtype) for _ in range(3))
+    w, b = (rng.standard_normal(n).astype(dtype) for _ in range(2))
+    want = _all_ops(x, r, dy, w, b, n)
+    offsets = _offsets(dtype)
+    for k, off in enumerate(offsets):
+        other = offsets[(k + 1) % len(offsets)]
+        for xo, dyo in ((off, off), (off, other)):
+            got = _all_ops(placed(x, xo), placed(r, other), placed(dy, dyo),
+                           placed(w, other), b, n)
+            for name, value in want.items():
+                for a, g in zip(value if isinstance(value, tuple) else (value,),
+                                got[name] if isinstance(value, tuple) else (got[name],)):
+                    np.testing.assert_array_equal(g, a, err_msg=f"{name} x@{xo} dy@{dyo}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fresh_outputs_sit_like_their_input(rng, dtype):
+    n = 1024
+    x = rng.standard_normal((64, n)).astype(dtype)            # 256 or 512 KiB
+    for xo, dyo in ((16, 48), (48, 0), (0, 16)):
+        xp, dyp = placed(x, xo), placed(x[::-1].copy(), dyo)
+        y, mean, rstd = fastln.layer_norm_forward(xp, n)
+        assert y.ctypes.data % 64 == xo
+        ya, sa = fastln.add_layer_norm(xp, dyp, n)
+        assert ya.ctypes.data % 64 == sa.ctypes.data % 64 == xo
+        dx = fastln.layer_norm_backward(dyp, xp, mean, rstd)[0]
+        assert dx.ctypes.data % 64 == dyo                      # the kernel aligns to dy
+        assert y.flags.c_contiguous and y.flags.writeable and dx.flags.aligned
+
+
+def test_pooled_outputs_are_placed_like_their_input_too(rng):
+    fastln.set_output_pool(1 << 30)
+    try:
+        shape = (1024, 1024)                                  # 4 MiB of float32: pooled
+        x = rng.standard_normal(shape).astype(np.float32)
+        x16, x48 = placed(x, 16), placed(x, 48)
+        y = fastln.layer_norm(x16, 1024)
+        first = y.ctypes.data
+        del y
+        y = fastln.layer_norm(x48, 1024)                      # free, but placed for x16
+        assert y.ctypes.data % 64 == 48 and y.ctypes.data != first
+        del y
+        y = fastln.layer_norm(x16, 1024)
+        assert y.ctypes.data == first                         # the array placed for it
+        spares = _ops._pool[shape, np.dtype(np.float32)]
+        assert len(spares) == 2
+        # Full pool: a free array placed otherwise is used rather than a new one made.
+        held = [fastln.layer_norm(x16, 1024) for _ in range(2)]
+        assert len(spares) == 4
+        del held
+        kept = {a.ctypes.data for a in spares}
+        z = fastln.layer_norm(placed(x, 32), 1024)
+        assert z.ctypes.data in kept
+        np.testing.assert_array_equal(z, fastln.layer_norm(x, 1024))
+    finally:
+        fastln.set_output_pool(1 << 30)
