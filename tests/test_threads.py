@@ -96,3 +96,22 @@ def test_small_shapes_split_over_threads_give_the_same_bits(rng, threads, parall
     threads(2)
     for g, e in zip(_run_all(x, shape[1], w, w, dy), want):
         np.testing.assert_array_equal(g, e)
+
+
+def test_backward_from_many_python_threads_at_once(rng):
+    # Each call takes the backward's kept buffer of partial sums or, while another call holds
+    # it, makes its own; calls of other sizes in between leave no stale sums behind.
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = []
+    for n in (1024, 768, 8, 1024):
+        x, dy = (rng.standard_normal((64, n)).astype(np.float32) for _ in range(2))
+        w = rng.standard_normal(n).astype(np.float32)
+        _, mean, rstd = fastln.layer_norm_forward(x, n, w)
+        cases.append((dy, x, mean, rstd, w))
+    want = [fastln.layer_norm_backward(*c) for c in cases]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda i: fastln.layer_norm_backward(*cases[i % 4]), range(64)))
+    for i, g in enumerate(got):
+        for a, b in zip(g, want[i % 4]):
+            np.testing.assert_array_equal(a, b)

@@ -158,7 +158,11 @@ cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
 cdef Py_ssize_t _block_rows(Py_ssize_t rows, Py_ssize_t n, Py_ssize_t elems,
                             Py_ssize_t max_blocks) noexcept nogil:
     """Rows per block: a multiple of 8 blocks of about `elems` elements (at most `max_blocks`),
-    so 2, 4 or 8 threads get even shares. It depends on the shape alone, never on threads."""
+    so 2, 4 or 8 threads get even shares; one block for calls too small to run on more than one
+    thread (the backward's partial sums are then one row, not eight). It depends on the shape
+    alone, never on threads."""
+    if rows * n < MIN_PARALLEL_ELEMS:
+        return max(1, rows)
     cdef Py_ssize_t want = max(1, min(max_blocks, 8 * _ceil_div(rows * n, 8 * elems)))
     return max(1, _ceil_div(rows, want))
 
@@ -375,8 +379,27 @@ cdef void _sum_blocks(int kind, double *parts, Py_ssize_t nblocks, Py_ssize_t n,
         fastln_current.sum_blocks_f32(parts, nblocks, n, stride, <float *>out)
 
 
-cdef double *_partials(BwdArgs *a, double **raw) noexcept nogil:
-    """Zeroed dweight and dbias partial rows for every block of `a` (a.ld is set; free *raw).
+# One buffer of partial sums is kept between backward calls when it is at most this size, so
+# that a call does not pay for fresh pages: 8 blocks of 1024 columns take 132 KiB, which glibc
+# maps afresh on every call. A call made while another holds it allocates its own. It is taken
+# and given back with the GIL held.
+cdef Py_ssize_t KEEP_PARTS_BYTES = 4 << 20
+cdef double *_kept_parts = NULL
+cdef Py_ssize_t _kept_parts_bytes = 0
+
+
+cdef void _give_back_partials(double *raw, Py_ssize_t nbytes) noexcept:
+    """Keep `raw` (nbytes, from _partials) for the next call, or free it."""
+    global _kept_parts, _kept_parts_bytes
+    if _kept_parts == NULL and nbytes <= KEEP_PARTS_BYTES:
+        _kept_parts, _kept_parts_bytes = raw, nbytes
+    else:
+        free(raw)
+
+
+cdef double *_partials(BwdArgs *a, double **raw, Py_ssize_t *nbytes) noexcept:
+    """Zeroed dweight and dbias partial rows for every block of `a`, in *raw of *nbytes bytes
+    (a.ld is set; hand *raw to _give_back_partials).
 
     float32 and float64 rows of a multiple of 64 bytes start the kernel's second sweep at the
     column `head` where dy (dx when it streams) is aligned to 64 bytes (to 32 or 16 on narrower
@@ -393,9 +416,15 @@ cdef double *_partials(BwdArgs *a, double **raw) noexcept nogil:
     a.ld = _ceil_div(n, 8) * 8 + 8
     if (a.ld * 8) % 4096 == 0:
         a.ld += 8
-    raw[0] = <double *>calloc(2 * a.nblocks * a.ld + 8, sizeof(double))
-    if raw[0] == NULL:
-        return NULL
+    global _kept_parts
+    nbytes[0] = (2 * a.nblocks * a.ld + 8) * sizeof(double)
+    if _kept_parts != NULL and _kept_parts_bytes >= nbytes[0]:
+        raw[0], nbytes[0], _kept_parts = _kept_parts, _kept_parts_bytes, NULL
+        memset(raw[0], 0, nbytes[0])
+    else:
+        raw[0] = <double *>calloc(nbytes[0], 1)
+        if raw[0] == NULL:
+            return NULL
     cdef double *base = <double *>(<size_t>raw[0] + (64 - <size_t>raw[0] % 64) % 64)
     return base + (8 - head % 8) % 8
 
@@ -440,9 +469,10 @@ def norm_backward(int kind, cnp.ndarray dy, cnp.ndarray x, object mean, cnp.ndar
             memset(dbp, 0, n * stat_size)
         return
     cdef double *raw = NULL
-    a.parts = _partials(&a, &raw)
+    cdef Py_ssize_t raw_bytes = 0
+    a.parts = _partials(&a, &raw, &raw_bytes)
     if a.parts == NULL:
-        raise MemoryError(f"cannot allocate {2 * a.nblocks * a.ld * 8} bytes of partial sums")
+        raise MemoryError(f"cannot allocate {raw_bytes} bytes of partial sums")
     try:
         with nogil:
             if nthreads == 1:
@@ -456,7 +486,7 @@ def norm_backward(int kind, cnp.ndarray dy, cnp.ndarray x, object mean, cnp.ndar
             if dbp != NULL:
                 _sum_blocks(kind, a.parts + a.ld, a.nblocks, n, 2 * a.ld, dbp)
     finally:
-        free(raw)
+        _give_back_partials(raw, raw_bytes)
 
 
 # ---------------------------------------------------------------------------------------------
