@@ -295,7 +295,8 @@ def _fresh(x, like=None):
     when None): the kernels start their vector sweeps where the output (dx: dy) is aligned, and
     then read the input aligned too. On Zen 5, float32 rows of 1024, one thread, arrays 16 bytes
     off a 64-byte boundary took 1.3x the backward's time and 1.1x the forward's when they were
-    not placed alike. A free pooled array placed otherwise is used when the pool is full.
+    not placed alike. A free pooled array placed otherwise is still used before a new one is
+    made: fresh pages cost more than that (see above).
     """
     nbytes = x.nbytes
     if nbytes < _NEAR_MIN_BYTES:
@@ -312,8 +313,7 @@ def _fresh(x, like=None):
             if _cpu.same_offset(a, like):
                 return a
             free = a if free is None else free
-    if free is not None and (len(spares) >= _POOL_PER_SHAPE or
-                             _pooled_bytes() + nbytes > _pool_max_bytes):
+    if free is not None:
         return free
     a = _cpu.empty_near(x, like)
     if len(spares) < _POOL_PER_SHAPE and _pooled_bytes() + nbytes <= _pool_max_bytes:
