@@ -99,8 +99,7 @@ def test_small_shapes_split_over_threads_give_the_same_bits(rng, threads, parall
 
 
 def test_backward_from_many_python_threads_at_once(rng):
-    # Each call takes the backward's kept buffer of partial sums or, while another call holds
-    # it, makes its own; calls of other sizes in between leave no stale sums behind.
+    # Calls of several sizes at once, each with its own partial sums, give what they give alone.
     from concurrent.futures import ThreadPoolExecutor
 
     cases = []

@@ -379,27 +379,9 @@ cdef void _sum_blocks(int kind, double *parts, Py_ssize_t nblocks, Py_ssize_t n,
         fastln_current.sum_blocks_f32(parts, nblocks, n, stride, <float *>out)
 
 
-# One buffer of partial sums is kept between backward calls when it is at most this size, so
-# that a call does not pay for fresh pages: 8 blocks of 1024 columns take 132 KiB, which glibc
-# maps afresh on every call. A call made while another holds it allocates its own. It is taken
-# and given back with the GIL held.
-cdef Py_ssize_t KEEP_PARTS_BYTES = 4 << 20
-cdef double *_kept_parts = NULL
-cdef Py_ssize_t _kept_parts_bytes = 0
-
-
-cdef void _give_back_partials(double *raw, Py_ssize_t nbytes) noexcept:
-    """Keep `raw` (nbytes, from _partials) for the next call, or free it."""
-    global _kept_parts, _kept_parts_bytes
-    if _kept_parts == NULL and nbytes <= KEEP_PARTS_BYTES:
-        _kept_parts, _kept_parts_bytes = raw, nbytes
-    else:
-        free(raw)
-
-
-cdef double *_partials(BwdArgs *a, double **raw, Py_ssize_t *nbytes) noexcept:
+cdef double *_partials(BwdArgs *a, double **raw, Py_ssize_t *nbytes) noexcept nogil:
     """Zeroed dweight and dbias partial rows for every block of `a`, in *raw of *nbytes bytes
-    (a.ld is set; hand *raw to _give_back_partials).
+    (a.ld is set; free *raw).
 
     float32 and float64 rows of a multiple of 64 bytes start the kernel's second sweep at the
     column `head` where dy (dx when it streams) is aligned to 64 bytes (to 32 or 16 on narrower
@@ -416,15 +398,10 @@ cdef double *_partials(BwdArgs *a, double **raw, Py_ssize_t *nbytes) noexcept:
     a.ld = _ceil_div(n, 8) * 8 + 8
     if (a.ld * 8) % 4096 == 0:
         a.ld += 8
-    global _kept_parts
     nbytes[0] = (2 * a.nblocks * a.ld + 8) * sizeof(double)
-    if _kept_parts != NULL and _kept_parts_bytes >= nbytes[0]:
-        raw[0], nbytes[0], _kept_parts = _kept_parts, _kept_parts_bytes, NULL
-        memset(raw[0], 0, nbytes[0])
-    else:
-        raw[0] = <double *>calloc(nbytes[0], 1)
-        if raw[0] == NULL:
-            return NULL
+    raw[0] = <double *>calloc(nbytes[0], 1)
+    if raw[0] == NULL:
+        return NULL
     cdef double *base = <double *>(<size_t>raw[0] + (64 - <size_t>raw[0] % 64) % 64)
     return base + (8 - head % 8) % 8
 
@@ -486,7 +463,7 @@ def norm_backward(int kind, cnp.ndarray dy, cnp.ndarray x, object mean, cnp.ndar
             if dbp != NULL:
                 _sum_blocks(kind, a.parts + a.ld, a.nblocks, n, 2 * a.ld, dbp)
     finally:
-        _give_back_partials(raw, raw_bytes)
+        free(raw)
 
 
 # ---------------------------------------------------------------------------------------------
