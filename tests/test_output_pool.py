@@ -105,3 +105,26 @@ def test_fused_outputs_pooled_together(pool):
     spares = _ops._pool[BIG, np.dtype(np.float32)]
     assert len(spares) == 4 and ids <= {id(a) for a in spares}
     np.testing.assert_array_equal(s, x + r)
+
+
+def test_full_pool_makes_room_for_the_shape_in_use(pool):
+    """Arrays kept for a shape no longer in use give way to the current one, so that a loop over
+    a new shape does not fault in a fresh output every call once the pool is full."""
+    other = (BIG[0] // 2, BIG[1])                                   # half BIG's bytes
+    fastln.set_output_pool(2 * _x(0).nbytes)
+    ones = placed(np.ones(other, np.float32), 16)
+    held = [fastln.layer_norm(ones, other[1]) for _ in range(2)]
+    fastln.layer_norm(ones, other[1])
+    assert len(_ops._pool[other, np.dtype(np.float32)]) == 3     # two held, one free
+    x = _x(7)
+    y = fastln.layer_norm(x, BIG[1])
+    first = _address(y)
+    assert (other, np.dtype(np.float32)) not in _ops._pool           # made room for BIG
+    del y
+    for _ in range(3):
+        y = fastln.layer_norm(x, BIG[1])
+        assert _address(y) == first
+        del y
+    assert _ops._pooled_bytes() <= 2 * x.nbytes
+    for h in held:                                                     # still the caller's
+        assert h.shape == other and np.all(h == 0)
