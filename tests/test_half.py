@@ -3,7 +3,7 @@
 
 import numpy as np
 import pytest
-from _helpers import HARD_ROWS
+from _helpers import HARD_ROWS, placed
 
 import fastln
 from fastln import _ops, reference
@@ -116,6 +116,31 @@ def test_half_bit_identical_across_threads(rng, threads, dtype):
                 np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
     finally:
         fastln._cpu.min_parallel_elements(32768)
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+@pytest.mark.parametrize("offset", [0, 2, 16])
+def test_half_large_calls_stream_with_the_same_bits(rng, simd_path, dtype, offset):
+    """Calls large enough to stream write y (in rows of 4 KiB and more) and dx (in rows of whole
+    vectors) with non-temporal stores, from the column where the output is aligned; each row
+    comes out with the bits it has alone, not streamed, from column 0."""
+    n = 2048
+    shape = ((16 << 20) // (2 * n) + 3, n)            # 16 MiB per array
+    x, dy, r = (placed(rng.standard_normal(shape).astype(dtype), offset) for _ in range(3))
+    w = rng.standard_normal(n).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    y, mean, rstd = fastln.layer_norm_forward(x, n, w, b)
+    dx = fastln.layer_norm_backward(dy, x, mean, rstd, w)[0]
+    ya, s = fastln.add_layer_norm(x, r, n, w, b)
+    for i in (0, 1, shape[0] - 1):
+        one = slice(i, i + 1)
+        np.testing.assert_array_equal(y[i], fastln.layer_norm(x[one], n, w, b)[0])
+        np.testing.assert_array_equal(
+            dx[i], fastln.layer_norm_backward(dy[one], x[one], mean[one], rstd[one], w)[0][0])
+        ya1, s1 = fastln.add_layer_norm(x[one], r[one], n, w, b)
+        np.testing.assert_array_equal(ya[i], ya1[0])
+        np.testing.assert_array_equal(s[i], s1[0])
+    assert_ulps(y[:2], reference.layer_norm(x[:2], n, w, b), dtype)
 
 
 def test_conversions_round_to_nearest_even(simd_path):

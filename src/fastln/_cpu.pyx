@@ -383,9 +383,10 @@ cdef double *_partials(BwdArgs *a, double **raw, Py_ssize_t *nbytes) noexcept no
     """Zeroed dweight and dbias partial rows for every block of `a`, in *raw of *nbytes bytes
     (a.ld is set; free *raw).
 
-    float32 and float64 rows of a multiple of 64 bytes start the kernel's second sweep at the
-    column `head` where dy (dx when it streams) is aligned to 64 bytes (to 32 or 16 on narrower
-    paths, which that also covers; see norm_bwd). Each partial row is placed so that its column
+    float32 and float64 rows of a multiple of 64 bytes, and 16-bit ones of 32 that stream,
+    start the kernel's second sweep at the column `head` where dy (dx when it streams) is
+    aligned to the vectors it stores, 64 bytes (32 for 16-bit data; half that on narrower paths,
+    which that also covers; see norm_bwd). Each partial row is placed so that its column
     `head` is 64-byte aligned too: 512-bit loads and stores of partials across two cache lines
     took about 1.15x the time of the whole float32 backward (Zen 5, rows of 1024). A block's
     dbias row starts ld doubles after its dweight row, never a multiple of 4 KiB, so that a
@@ -393,8 +394,9 @@ cdef double *_partials(BwdArgs *a, double **raw, Py_ssize_t *nbytes) noexcept no
     """
     cdef Py_ssize_t size = _itemsize(a.kind), n = a.n, head = 0
     cdef char *anchor = a.dx if a.flags & FASTLN_STREAM else a.dy
-    if a.kind in (KIND_F32, KIND_F64) and (n * size) % 64 == 0:
-        head = ((64 - <size_t>anchor % 64) % 64) // size
+    cdef Py_ssize_t vec = 64 if size >= 4 else 32
+    if (n * size) % vec == 0 and (size >= 4 or a.flags & FASTLN_STREAM):
+        head = ((vec - <size_t>anchor % vec) % vec) // size
     a.ld = _ceil_div(n, 8) * 8 + 8
     if (a.ld * 8) % 4096 == 0:
         a.ld += 8

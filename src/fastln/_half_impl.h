@@ -96,15 +96,51 @@ static TARGET inline NAME(fvec) NAME(vload_f16)(const uint16_t *p)
 #endif
 }
 
-static TARGET inline void NAME(vstore_f16)(uint16_t *p, NAME(fvec) v)
+/* A vector's values rounded to 16 bits, as one register of half the width (or, generically,
+ * a vector of uint16_t), which hstore stores and hstream streams past the cache. */
+#if FASTLN_X86_DISPATCH && REGISTER_BYTES == 64
+typedef __m256i NAME(hbits);
+#elif FASTLN_X86_DISPATCH && REGISTER_BYTES == 32
+typedef __m128i NAME(hbits);
+#else
+typedef NAME(hvec) NAME(hbits);
+#endif
+
+static TARGET inline void NAME(hstore)(uint16_t *p, NAME(hbits) h)
 {
 #if FASTLN_X86_DISPATCH && REGISTER_BYTES == 64
-    _mm256_storeu_si256((__m256i *)p, _mm512_cvtps_ph((__m512)v, _MM_FROUND_TO_NEAREST_INT));
+    _mm256_storeu_si256((__m256i *)p, h);
 #elif FASTLN_X86_DISPATCH && REGISTER_BYTES == 32
-    _mm_storeu_si128((__m128i *)p, _mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT));
+    _mm_storeu_si128((__m128i *)p, h);
 #else
+    *(NAME(hvec) *)p = h;
+#endif
+}
+
+/* A non-temporal store of h to p, which must be aligned to REGISTER_BYTES / 2 (a plain store on
+ * the baseline path). */
+static TARGET inline void NAME(hstream)(uint16_t *p, NAME(hbits) h)
+{
+#if FASTLN_STREAM_STORES && REGISTER_BYTES == 64
+    _mm256_stream_si256((__m256i *)p, h);
+#elif FASTLN_STREAM_STORES && REGISTER_BYTES == 32
+    _mm_stream_si128((__m128i *)p, h);
+#else
+    NAME(hstore)(p, h);
+#endif
+}
+
+static TARGET inline NAME(hbits) NAME(vpack_f16)(NAME(fvec) v)
+{
+#if FASTLN_X86_DISPATCH && REGISTER_BYTES == 64
+    return _mm512_cvtps_ph((__m512)v, _MM_FROUND_TO_NEAREST_INT);
+#elif FASTLN_X86_DISPATCH && REGISTER_BYTES == 32
+    return _mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT);
+#else
+    NAME(hvec) h;
     for (int l = 0; l < REGISTER_BYTES / 4; l++)
-        p[l] = NAME(f2h)(v[l]);
+        h[l] = NAME(f2h)(v[l]);
+    return h;
 #endif
 }
 
@@ -137,28 +173,27 @@ static TARGET inline NAME(uvec) NAME(bf16_quiet)(NAME(fvec) v)
     return (NAME(uvec))v | 0x00400000u;
 }
 
-/* Stores v rounded to bfloat16. The x86 paths find NaN with an unordered compare (a mask
- * register on AVX-512) and narrow the high halves in one or two instructions; written
- * generically, GCC does neither. */
-static TARGET inline void NAME(vstore_bf16)(uint16_t *p, NAME(fvec) v)
+/* v rounded to bfloat16. The x86 paths find NaN with an unordered compare (a mask register on
+ * AVX-512) and narrow the high halves in one or two instructions; written generically, GCC does
+ * neither. */
+static TARGET inline NAME(hbits) NAME(vpack_bf16)(NAME(fvec) v)
 {
 #if FASTLN_X86_DISPATCH && REGISTER_BYTES == 64
     const __m512i bits = _mm512_mask_blend_epi32(
         _mm512_cmp_ps_mask((__m512)v, (__m512)v, _CMP_UNORD_Q), (__m512i)NAME(bf16_rounded)(v),
         (__m512i)NAME(bf16_quiet)(v));
-    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16)));
+    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16));
 #elif FASTLN_X86_DISPATCH && REGISTER_BYTES == 32
     const __m256i high = _mm256_srli_epi32(
         _mm256_blendv_epi8((__m256i)NAME(bf16_rounded)(v), (__m256i)NAME(bf16_quiet)(v),
                            (__m256i)_mm256_cmp_ps((__m256)v, (__m256)v, _CMP_UNORD_Q)),
         16);
-    _mm_storeu_si128((__m128i *)p, _mm_packus_epi32(_mm256_castsi256_si128(high),
-                                                    _mm256_extracti128_si256(high, 1)));
+    return _mm_packus_epi32(_mm256_castsi256_si128(high), _mm256_extracti128_si256(high, 1));
 #else
     const NAME(uvec) u = (NAME(uvec))v;
     const NAME(uvec) nan = (NAME(uvec))((NAME(ivec))(u & 0x7fffffffu) > 0x7f800000);
     const NAME(uvec) bits = (NAME(bf16_rounded)(v) & ~nan) | (NAME(bf16_quiet)(v) & nan);
-    *(NAME(hvec) *)p = __builtin_convertvector(bits >> 16, NAME(hvec));
+    return __builtin_convertvector(bits >> 16, NAME(hvec));
 #endif
 }
 #endif

@@ -64,29 +64,33 @@ static TARGET inline void NAME(st1)(T *p, T v) { *p = v; }
 #define FASTLN_H2F FASTLN_HCAT(h2f)
 #define FASTLN_F2H FASTLN_HCAT(f2h)
 #define FASTLN_VLOAD FASTLN_HCAT(vload_f16)
-#define FASTLN_VSTORE FASTLN_HCAT(vstore_f16)
+#define FASTLN_VPACK FASTLN_HCAT(vpack_f16)
 #else
 #define FASTLN_H2F FASTLN_HCAT(bf2f)
 #define FASTLN_F2H FASTLN_HCAT(f2bf)
 #define FASTLN_VLOAD FASTLN_HCAT(vload_bf16)
-#define FASTLN_VSTORE FASTLN_HCAT(vstore_bf16)
+#define FASTLN_VPACK FASTLN_HCAT(vpack_bf16)
 #endif
 typedef uint16_t NAME(data);
 static TARGET inline T NAME(ld1)(const uint16_t *p) { return FASTLN_H2F(*p); }
 static TARGET inline void NAME(st1)(uint16_t *p, T v) { *p = FASTLN_F2H(v); }
 #if FASTLN_VECTOR_EXT
 static TARGET inline V NAME(lds)(const uint16_t *p) { return (V)FASTLN_VLOAD(p); }
-static TARGET inline void NAME(sts)(uint16_t *p, V v) { FASTLN_VSTORE(p, v); }
+static TARGET inline void NAME(sts)(uint16_t *p, V v) { FASTLN_HCAT(hstore)(p, FASTLN_VPACK(v)); }
+/* A non-temporal store; p aligned to REGISTER_BYTES / 2. */
+static TARGET inline void NAME(streams)(uint16_t *p, V v)
+{
+    FASTLN_HCAT(hstream)(p, FASTLN_VPACK(v));
+}
 #else
 static TARGET inline V NAME(lds)(const uint16_t *p) { return NAME(ld1)(p); }
 static TARGET inline void NAME(sts)(uint16_t *p, V v) { NAME(st1)(p, v); }
+static TARGET inline void NAME(streams)(uint16_t *p, V v) { NAME(st1)(p, v); }
 #endif
-/* 16-bit outputs are not streamed: norm_fwd and norm_bwd stream only data stored as T. */
-static TARGET inline void NAME(streams)(uint16_t *p, V v) { NAME(sts)(p, v); }
 #undef FASTLN_H2F
 #undef FASTLN_F2H
 #undef FASTLN_VLOAD
-#undef FASTLN_VSTORE
+#undef FASTLN_VPACK
 #undef FASTLN_HCAT
 #endif
 #define D NAME(data)
@@ -469,12 +473,13 @@ NAME(fwd_rows)(const D *x, const D *r, const T *restrict w, const T *restrict b,
         /* (s - pivot) is exact; subtracting the small remainder mu rounds once. */
         const T mu_t = (T)mu, rs_t = (T)rs;
         const V pv = NAME(splat)(pivot), muv = NAME(splat)(mu_t), rsv = NAME(splat)(rs_t);
-        /* Data stored as T: the vector sweep starts where y is aligned to a register, the
-         * columns before one at a time. Streaming stores need it, and x placed alike (fastln's
-         * fresh outputs sit at the offset of x) is then aligned too. 16-bit rows start at 0
-         * (see norm_bwd). The sum is streamed too when it shares y's alignment. */
-        const Py_ssize_t head = sizeof(D) != sizeof(T) ? 0 : (Py_ssize_t)(
-            ((REGISTER_BYTES - (uintptr_t)yr % REGISTER_BYTES) % REGISTER_BYTES) / sizeof(D));
+        /* The vector sweep starts where y is aligned to the vector it stores (a register of T,
+         * half one of 16-bit data), the columns before one at a time. Streaming stores need it,
+         * and x placed alike (fastln's fresh outputs sit at the offset of x) is then aligned
+         * too. 16-bit rows that do not stream start at 0 (see norm_bwd). The sum is streamed
+         * too when it shares y's alignment. */
+        const Py_ssize_t head = sizeof(D) != sizeof(T) && !stream ? 0 : (Py_ssize_t)(
+            ((W * sizeof(D) - (uintptr_t)yr % (W * sizeof(D))) % (W * sizeof(D))) / sizeof(D));
         const int stream_sum = stream && fused &&
                                ((uintptr_t)sr - (uintptr_t)yr) % REGISTER_BYTES == 0;
         Py_ssize_t i = 0;
@@ -516,14 +521,17 @@ static TARGET void NAME(norm_fwd)(const D *x, const D *r, const T *w, const T *b
                                   int flags)
 {
     /* Data too large for the cache (FASTLN_STREAM) is fetched ahead, the hardware prefetcher
-     * stopping at page boundaries (16-bit outputs are not streamed, but fetched ahead all the
-     * same). Rows of up to 16 KiB fetch the row two on while they normalize this one: on
-     * Zen 5, one thread, 0.78x the time on 65536 x 1024 float32, 0.85x on 4096 x 4096, 0.85x
-     * on 8192 x 768 with the residual add. Longer rows, where that took 1.2-1.4x the time,
-     * fetch 4 KiB ahead of their statistics sweep instead: 0.8x the time on 1024 x 16384
-     * float32, 0.65x on 4096 x 4096 float64. */
+     * stopping at page boundaries, and y is written with non-temporal stores (not the sum of
+     * 16-bit data, which is read back at once). Rows of up to 16 KiB fetch the row two on while
+     * they normalize this one: on Zen 5, one thread, 0.78x the time on 65536 x 1024 float32,
+     * 0.85x on 4096 x 4096, 0.85x on 8192 x 768 with the residual add. Longer rows, where that
+     * took 1.2-1.4x the time, fetch 4 KiB ahead of their statistics sweep instead: 0.8x the
+     * time on 1024 x 16384 float32, 0.65x on 4096 x 4096 float64. */
     const int large = (flags & FASTLN_STREAM) != 0;
-    const int stream = large && sizeof(D) == sizeof(T);
+    /* 16-bit y streams in rows of 4 KiB and more: Zen 5, one thread, float16, 0.77x the time
+     * on 4096 x 4096, 0.73x on 16384 x 4096, 0.93x on 8192 x 2048; rows of 768 and 1024 values
+     * took 1.0-1.14x (its stores are half a cache line). */
+    const int stream = large && (sizeof(D) == sizeof(T) || (size_t)n * sizeof(D) >= 4096);
     const int prefetch = !large ? 0 : (size_t)n * sizeof(D) <= 16384 ? 1 : 2;
 #define FASTLN_FWD_ROWS(HAS_R, RMS)                                                           \
     NAME(fwd_rows)(x, r, w, b, sum, y, mean, rstd, rows, n, eps, stream, prefetch, HAS_R, RMS)
@@ -546,7 +554,7 @@ static TARGET void NAME(norm_fwd)(const D *x, const D *r, const T *w, const T *b
  * T, then added to per-lane double sums; lanes and tail in double. */
 static TARGET inline void NAME(row_grad_sums)(const D *restrict x, const D *restrict dy,
                                               const T *restrict w, Py_ssize_t n, T k,
-                                              double *restrict out)
+                                              Py_ssize_t ahead, double *restrict out)
 {
     double sd[W], sg[W], sgd[W];
     for (int l = 0; l < W; l++) {
@@ -560,6 +568,10 @@ static TARGET inline void NAME(row_grad_sums)(const D *restrict x, const D *rest
     while (v < nvec) {
         const int len = nvec - v < BLOCK ? (int)(nvec - v) : BLOCK;
         V bd = zero, bg = zero, bgd = zero;
+        if (ahead) {
+            NAME(fetch_block)(x, NULL, 0, v * W, ahead);
+            NAME(fetch_block)(dy, NULL, 0, v * W, ahead);
+        }
         for (int s = 0; s < len; s++, v++) {
             const V d = NAME(lds)(x + v * W) - kv;
             const V g = NAME(lds)(dy + v * W) * NAME(load)(w + v * W);
@@ -706,21 +718,23 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
                                   Py_ssize_t rows, Py_ssize_t n, int flags)
 {
     const int rms = (flags & FASTLN_RMS) != 0, has_ds = ds != NULL;
-    /* Data stored as T, in rows of a whole number of registers (so that every row has the same
-     * alignment): the second sweep's vectors start at column `head`, where dy is aligned to a
-     * register (dx when streaming: streaming stores need it), the columns before done one at a
-     * time. x and dx placed alike (NumPy's large arrays all sit 16 bytes past a page, fastln's
-     * fresh dx at the offset of dy) are then aligned too. Zen 5, float32 rows of 1024, one
-     * thread: all three 16 bytes off a 64-byte boundary took 1.3x the time of aligned before,
-     * 1.15x now. 16-bit data lost nothing to misalignment, and its columns one at a time cost
-     * more, so it starts at 0. The first sweep always starts at 0, so that the row sums, and
-     * with them the result, do not depend on where the arrays are. */
-    const int same_rows = sizeof(D) == sizeof(T) &&
-                          (n * (Py_ssize_t)sizeof(T)) % REGISTER_BYTES == 0;
+    /* Rows of a whole number of vectors (W values: a register of T, half one of 16-bit data),
+     * so that every row has the same alignment: the second sweep's vectors start at column
+     * `head`, where dy is aligned to a vector (dx when streaming: streaming stores need it),
+     * the columns before done one at a time. x and dx placed alike (NumPy's large arrays all sit
+     * 16 bytes past a page, fastln's fresh dx at the offset of dy) are then aligned too. Zen 5,
+     * float32 rows of 1024, one thread: all three 16 bytes off a 64-byte boundary took 1.3x the
+     * time of aligned before, 1.15x now. 16-bit data that does not stream lost nothing to
+     * misalignment, and its columns one at a time cost more, so it starts at 0. The first sweep
+     * always starts at 0, so that the row sums, and with them the result, do not depend on
+     * where the arrays are. */
+    const Py_ssize_t vec_bytes = W * (Py_ssize_t)sizeof(D);
+    const int same_rows = (n * (Py_ssize_t)sizeof(D)) % vec_bytes == 0;
     const int stream = (flags & FASTLN_STREAM) && same_rows;
     const uintptr_t anchor = stream ? (uintptr_t)dx : (uintptr_t)dy;
-    Py_ssize_t head = same_rows ? (Py_ssize_t)((REGISTER_BYTES - anchor % REGISTER_BYTES) %
-                                               REGISTER_BYTES / sizeof(T)) : 0;
+    Py_ssize_t head = same_rows && (sizeof(D) == sizeof(T) || stream)
+                          ? (Py_ssize_t)((vec_bytes - anchor % vec_bytes) % vec_bytes / sizeof(D))
+                          : 0;
     head = head < n ? head : n;
     const Py_ssize_t vec_end = head + (n - head) / W * W;
     const double inv_n = 1.0 / (double)n;
@@ -738,6 +752,11 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
      * backward (1.3x the time on 8192 x 768, for reasons not found). */
     const int prefetch = (flags & FASTLN_STREAM) && group == GROUP_ROWS &&
                          !(rms && sizeof(D) == sizeof(T));
+    /* 16-bit data too large for the cache in longer rows: the first sweep fetches 4 KiB ahead
+     * (as the forward's statistics sweep does): 0.8x the time on 4096 x 4096 and 1024 x 8192
+     * float16 and bfloat16 (Zen 5, one thread). float32 gained nothing. */
+    const Py_ssize_t ahead = (flags & FASTLN_STREAM) && group != GROUP_ROWS &&
+                             sizeof(D) != sizeof(T) ? 4096 : 0;
     for (Py_ssize_t r0 = 0; r0 < rows; r0 += group) {
         const int nr = rows - r0 < group ? (int)(rows - r0) : group;
         /* Per row: the pivot, rs, nsh, nc and nrmg of bwd_cols. */
@@ -748,7 +767,7 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
             double sums[3];
             const T pivot = rms ? (T)0 : mean[r0 + r], rs = rstd[r0 + r];
             const double rsd = (double)rs;
-            NAME(row_grad_sums)(x + off, dy + off, w, n, pivot, sums);
+            NAME(row_grad_sums)(x + off, dy + off, w, n, pivot, ahead, sums);
             /* A LayerNorm row of one value has dx = 0, which the double sweep gives exactly. */
             exact[r] = (n == 1 && !rms) ||
                        (sizeof(T) < sizeof(double) &&
