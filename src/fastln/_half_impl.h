@@ -97,7 +97,7 @@ static TARGET inline NAME(fvec) NAME(vload_f16)(const uint16_t *p)
 }
 
 /* A vector's values rounded to 16 bits, as one register of half the width (or, generically,
- * a vector of uint16_t), which hstore stores and hstream streams past the cache. */
+ * a vector of uint16_t), for hstore. */
 #if FASTLN_X86_DISPATCH && REGISTER_BYTES == 64
 typedef __m256i NAME(hbits);
 #elif FASTLN_X86_DISPATCH && REGISTER_BYTES == 32
@@ -106,27 +106,23 @@ typedef __m128i NAME(hbits);
 typedef NAME(hvec) NAME(hbits);
 #endif
 
-static TARGET inline void NAME(hstore)(uint16_t *p, NAME(hbits) h)
+/* Stores h to p; with nt, past the cache (a non-temporal store; p then aligned to
+ * REGISTER_BYTES / 2), except on the baseline path. */
+static TARGET inline void NAME(hstore)(uint16_t *p, NAME(hbits) h, const int nt)
 {
 #if FASTLN_X86_DISPATCH && REGISTER_BYTES == 64
-    _mm256_storeu_si256((__m256i *)p, h);
+    if (nt)
+        _mm256_stream_si256((__m256i *)p, h);
+    else
+        _mm256_storeu_si256((__m256i *)p, h);
 #elif FASTLN_X86_DISPATCH && REGISTER_BYTES == 32
-    _mm_storeu_si128((__m128i *)p, h);
+    if (nt)
+        _mm_stream_si128((__m128i *)p, h);
+    else
+        _mm_storeu_si128((__m128i *)p, h);
 #else
+    (void)nt;
     *(NAME(hvec) *)p = h;
-#endif
-}
-
-/* A non-temporal store of h to p, which must be aligned to REGISTER_BYTES / 2 (a plain store on
- * the baseline path). */
-static TARGET inline void NAME(hstream)(uint16_t *p, NAME(hbits) h)
-{
-#if FASTLN_STREAM_STORES && REGISTER_BYTES == 64
-    _mm256_stream_si256((__m256i *)p, h);
-#elif FASTLN_STREAM_STORES && REGISTER_BYTES == 32
-    _mm_stream_si128((__m128i *)p, h);
-#else
-    NAME(hstore)(p, h);
 #endif
 }
 

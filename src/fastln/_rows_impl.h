@@ -76,11 +76,14 @@ static TARGET inline T NAME(ld1)(const uint16_t *p) { return FASTLN_H2F(*p); }
 static TARGET inline void NAME(st1)(uint16_t *p, T v) { *p = FASTLN_F2H(v); }
 #if FASTLN_VECTOR_EXT
 static TARGET inline V NAME(lds)(const uint16_t *p) { return (V)FASTLN_VLOAD(p); }
-static TARGET inline void NAME(sts)(uint16_t *p, V v) { FASTLN_HCAT(hstore)(p, FASTLN_VPACK(v)); }
+static TARGET inline void NAME(sts)(uint16_t *p, V v)
+{
+    FASTLN_HCAT(hstore)(p, FASTLN_VPACK(v), 0);
+}
 /* A non-temporal store; p aligned to REGISTER_BYTES / 2. */
 static TARGET inline void NAME(streams)(uint16_t *p, V v)
 {
-    FASTLN_HCAT(hstream)(p, FASTLN_VPACK(v));
+    FASTLN_HCAT(hstore)(p, FASTLN_VPACK(v), 1);
 }
 #else
 static TARGET inline V NAME(lds)(const uint16_t *p) { return NAME(ld1)(p); }
