@@ -123,7 +123,8 @@ def test_half_bit_identical_across_threads(rng, threads, dtype):
 def test_half_large_calls_stream_with_the_same_bits(rng, simd_path, dtype, offset):
     """Calls large enough to stream write y (in rows of 4 KiB and more) and dx (in rows of whole
     vectors) with non-temporal stores, from the column where the output is aligned; each row
-    comes out with the bits it has alone, not streamed, from column 0."""
+    comes out with the bits it has alone, not streamed, from column 0. The fused add's backward
+    (RMSNorm here) streams too, with dsum added."""
     n = 2048
     shape = ((16 << 20) // (2 * n) + 3, n)            # 16 MiB per array
     x, dy, r = (placed(rng.standard_normal(shape).astype(dtype), offset) for _ in range(3))
@@ -131,7 +132,8 @@ def test_half_large_calls_stream_with_the_same_bits(rng, simd_path, dtype, offse
     b = rng.standard_normal(n).astype(np.float32)
     y, mean, rstd = fastln.layer_norm_forward(x, n, w, b)
     dx = fastln.layer_norm_backward(dy, x, mean, rstd, w)[0]
-    ya, s = fastln.add_layer_norm(x, r, n, w, b)
+    ya, s, _, rs = fastln.add_layer_norm_forward(x, r, n, w, b)
+    ds = fastln.add_rms_norm_backward(dy, s, rs, w, r)[0]         # dsum: r
     for i in (0, 1, shape[0] - 1):
         one = slice(i, i + 1)
         np.testing.assert_array_equal(y[i], fastln.layer_norm(x[one], n, w, b)[0])
@@ -140,6 +142,8 @@ def test_half_large_calls_stream_with_the_same_bits(rng, simd_path, dtype, offse
         ya1, s1 = fastln.add_layer_norm(x[one], r[one], n, w, b)
         np.testing.assert_array_equal(ya[i], ya1[0])
         np.testing.assert_array_equal(s[i], s1[0])
+        np.testing.assert_array_equal(
+            ds[i], fastln.add_rms_norm_backward(dy[one], s[one], rs[one], w, r[one])[0][0])
     assert_ulps(y[:2], reference.layer_norm(x[:2], n, w, b), dtype)
 
 
