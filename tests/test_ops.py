@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from _helpers import DTYPES, HARD_ROWS, assert_close, precise, rel_err
+from _helpers import DTYPES, HARD_ROWS, assert_close, placed, precise, rel_err
 
 import fastln
 from fastln import reference
@@ -64,6 +64,26 @@ def _check_forward_backward(x, nshape, w, b, dtype, dy=None, rng=None):
 def test_matches_reference(rng, simd_path, shape, normalized_shape, dtype, affine):
     x, w, b = _inputs(rng, shape, normalized_shape, dtype, affine)
     _check_forward_backward(x, normalized_shape, w, b, dtype, rng=rng)
+
+
+@pytest.mark.parametrize("rows, n", [(87, 1000), (45, 200)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weight_grads_sum_every_row(rng, simd_path, dtype, rows, n):
+    # The backward sums dweight and dbias in float32 over a few rows at a time before adding
+    # them up in double: rows past several such stages and into a part of one, columns outside
+    # the vector sweep (dy one element past a cache line), and a float32 row that is finished
+    # in double (values near 1e20: its rstd is beyond 2^-60) between the others.
+    size = np.dtype(dtype).itemsize
+    x = rng.standard_normal((rows, n)).astype(dtype)
+    x[rows // 2] *= 1e20
+    dy = placed(rng.standard_normal((rows, n)).astype(dtype), size)
+    w, b = (rng.standard_normal(n).astype(dtype) for _ in range(2))
+    _check_forward_backward(placed(x, size), n, w, b, dtype, dy=dy)
+    y, rstd = fastln.rms_norm_forward(x, n, w)
+    dx, dw = fastln.rms_norm_backward(dy, x, rstd, w)
+    dx_ref, dw_ref = reference.rms_norm_backward(precise(dy), precise(x), rstd, w)
+    assert_close(dx, dx_ref, dtype)
+    assert_close(dw, dw_ref, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

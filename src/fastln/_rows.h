@@ -96,9 +96,11 @@ typedef struct {
 #define NAME(f) FASTLN_CAT3(f, FASTLN_PATH, FASTLN_TS)
 
 /* Statistics are formed in blocks of BLOCK vectors; the backward sums the dweight and
- * dbias shares of up to GROUP_ROWS rows before adding them to its double partials. */
+ * dbias shares of up to GROUP_ROWS rows in registers, and of STAGE_ROWS rows (a multiple of
+ * GROUP_ROWS and of 2) in float32, before adding them to its double partials. */
 #define BLOCK 16
 #define GROUP_ROWS 4
+#define STAGE_ROWS 16
 
 /* Each path: FASTLN_PATH, TARGET and REGISTER_BYTES, then _rows_path.h instantiates it. */
 #define FASTLN_PATH baseline
