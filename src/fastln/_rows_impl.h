@@ -884,11 +884,11 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
      * and stb of the level-1 cache, before they are added to the double partials. Adding each
      * group's shares there (a conversion, and a read and a write of two cache lines per vector)
      * made the whole backward take 1.2-1.55x as long on rows that stay in the cache (Zen 5, one
-     * thread: float32 rows of 768 and 1024, float16 and bfloat16 rows of 1024). float32 in
-     * short rows from memory, whose groups are fetched ahead, took 1.7x the time with the stage
-     * (1.3x with two processes sharing memory; rows of up to 320 values did not), so it adds
-     * each group's shares to the partials, as float64 and float32 without memory for the stage
-     * do. Blocks of one group need no stage: the result is the same.
+     * thread: float32 rows of 768 and 1024, float16 and bfloat16 rows of 1024). Short rows
+     * from memory, whose groups are fetched ahead, took longer with the stage (float32 8192 x
+     * 768 1.7x, 1.3x with two processes sharing memory; float16 32768 x 1024 1.09x with two),
+     * so they add each group's shares to the partials, as float64 and float32 without memory
+     * for the stage do. Blocks of one group need no stage: the result is the same.
      *
      * The stage's column `head` sits 1.5 KiB past that of the array the sweep aligns to (modulo
      * 4 KiB; stb 1 KiB further), on a cache line: a load whose address agrees with an earlier
@@ -896,7 +896,7 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
     T *stw = NULL, *stb = NULL;
     void *stage = NULL;
     const size_t stage_row = ((size_t)n * sizeof(T) + 4095) / 4096 * 4096;
-    if (sizeof(T) < sizeof(double) && rows > group && !(prefetch && sizeof(D) == sizeof(T)))
+    if (sizeof(T) < sizeof(double) && rows > group && !prefetch)
         stage = malloc(2 * stage_row + 3 * 4096);
     if (stage != NULL) {
         const uintptr_t col = (uintptr_t)(stream ? dx : dy) + head * sizeof(D);
