@@ -821,9 +821,9 @@ static TARGET void NAME(flush_stage)(T *restrict stage, double *restrict part, P
 
 /* Backward over a block of rows, fused: one sweep of reductions per row, then one sweep over a
  * group of rows (GROUP_ROWS or 2) that writes their dx and adds their share of dweight and dbias
- * to the block's double partials. The shares are summed over the group in T, and in float32
- * over STAGE_ROWS rows (a staged sum per column, in the level-1 cache) before they are added to
- * the partials in double. The partials are added to, never cleared.
+ * to the block's double partials. The shares are summed over the group in T and, where the
+ * rows are not fetched from memory, in float32 over STAGE_ROWS rows (the stage, below) before
+ * they are added to the partials in double. The partials are added to, never cleared.
  *
  *   LayerNorm:  xhat = (x - mean) * rstd,  g = dy * w,
  *               dx = rstd * (g - mean(g)) - xhat * (rstd * mean(g * xhat)),
@@ -904,7 +904,7 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
         stw = (T *)(page + (col + 1536) % 4096 / 64 * 64) - head;
         stb = (T *)((char *)stw + stage_row + 1024);
         memset(stw, 0, (size_t)n * sizeof(T));
-        memset(stb, 0, (size_t)n * sizeof(T));
+        memset(stb, 0, (size_t)n * sizeof(T));     /* RMSNorm's scalar columns add to it too */
     }
     for (Py_ssize_t r0 = 0; r0 < rows; r0 += group) {
         const int nr = rows - r0 < group ? (int)(rows - r0) : group;
