@@ -278,17 +278,21 @@ NAME(block_moments)(const D *x, const D *r, const int has_r, Py_ssize_t p, int l
 }
 #undef FASTLN_HOLD_BLOCK
 
-/* Prefetches the block of BLOCK vectors `ahead` bytes past element i of x (and of r with
- * has_r): on long rows the statistics sweep runs that far in front of the hardware prefetcher,
- * into the next row at its end (a prefetch past the data does nothing). */
+/* Prefetches, for the block of BLOCK vectors at element i of a sweep over x (and r with has_r),
+ * the bytes `ahead` bytes past element i >> shift, as many as the block has >> shift. shift 0:
+ * long rows run that far in front of the hardware prefetcher, into the next row at its end (a
+ * prefetch past the data does nothing). shift 1: the forward's statistics sweep over a short
+ * row fetches the first half of a row further on (see fwd_rows). */
 static TARGET FASTLN_ALWAYS_INLINE void NAME(fetch_block)(const D *x, const D *r,
                                                           const int has_r, Py_ssize_t i,
-                                                          Py_ssize_t ahead)
+                                                          Py_ssize_t ahead, const int shift)
 {
-    for (Py_ssize_t k = 0; k < BLOCK * W * (Py_ssize_t)sizeof(D); k += 64) {
-        __builtin_prefetch((const char *)(x + i) + ahead + k);
+    const char *px = (const char *)(x + (i >> shift)) + ahead,
+               *pr = has_r ? (const char *)(r + (i >> shift)) + ahead : NULL;
+    for (Py_ssize_t k = 0; k < (BLOCK * W * (Py_ssize_t)sizeof(D)) >> shift; k += 64) {
+        __builtin_prefetch(px + k);
         if (has_r)
-            __builtin_prefetch((const char *)(r + i) + ahead + k);
+            __builtin_prefetch(pr + k);
     }
 }
 
@@ -337,7 +341,8 @@ static TARGET FASTLN_ALWAYS_INLINE double NAME(lanes_total)(double *restrict lan
  * threads. */
 static TARGET FASTLN_ALWAYS_INLINE void
 NAME(row_moments)(const D *x, const D *r, const int has_r, Py_ssize_t n, T pivot,
-                  Py_ssize_t ahead, double *restrict mean_out, double *restrict m2_out)
+                  Py_ssize_t ahead, const int shift, double *restrict mean_out,
+                  double *restrict m2_out)
 {
     const Py_ssize_t nvec = n / W;
     double mu = 0.0, q = 0.0;
@@ -352,7 +357,7 @@ NAME(row_moments)(const D *x, const D *r, const int has_r, Py_ssize_t n, T pivot
         while (done < nvec) {
             const int len = nvec - done < BLOCK ? (int)(nvec - done) : BLOCK;
             if (ahead)
-                NAME(fetch_block)(x, r, has_r, done * W, ahead);
+                NAME(fetch_block)(x, r, has_r, done * W, ahead, shift);
             V bm, bq;
             if (len == BLOCK)
                 NAME(block_moments)(x, r, has_r, done * W, BLOCK, pv, &bm, &bq);
@@ -406,7 +411,7 @@ NAME(row_moments)(const D *x, const D *r, const int has_r, Py_ssize_t n, T pivot
  * summed again in double, scaled by its largest magnitude so that nothing overflows. */
 static TARGET FASTLN_ALWAYS_INLINE double
 NAME(row_rstd_rms)(const D *x, const D *r, const int has_r, Py_ssize_t n, double eps,
-                   Py_ssize_t ahead)
+                   Py_ssize_t ahead, const int shift)
 {
     const Py_ssize_t nvec = n / W;
     double lanes[W];
@@ -417,7 +422,7 @@ NAME(row_rstd_rms)(const D *x, const D *r, const int has_r, Py_ssize_t n, double
     while (v < nvec) {
         const int len = nvec - v < BLOCK ? (int)(nvec - v) : BLOCK;
         if (ahead)
-            NAME(fetch_block)(x, r, has_r, v * W, ahead);
+            NAME(fetch_block)(x, r, has_r, v * W, ahead, shift);
         V sq = zero;
         for (int k = 0; k < len; k++, v++) {
             const V e = NAME(vat)(x, r, has_r, v * W);
@@ -476,8 +481,8 @@ typedef struct {
  * where they are not NULL. 16-bit data with the residual add first stores the row's sum. */
 static TARGET FASTLN_ALWAYS_INLINE NAME(rowstat)
 NAME(fwd_stats)(const D *x, const D *r, D *sum, T *restrict mean, T *restrict rstd,
-                Py_ssize_t row, Py_ssize_t n, double eps, Py_ssize_t ahead, const int has_r,
-                const int fused, const int rms)
+                Py_ssize_t row, Py_ssize_t n, double eps, Py_ssize_t ahead, const int shift,
+                const int has_r, const int fused, const int rms)
 {
     const D *xr = x + row * n, *rr = has_r ? r + row * n : NULL;
     if (has_r && !fused) {
@@ -493,11 +498,11 @@ NAME(fwd_stats)(const D *x, const D *r, D *sum, T *restrict mean, T *restrict rs
     st.pivot = rms ? (T)0 : NAME(at)(xr, rr, fused, 0);
     st.mu = 0.0;
     if (rms) {
-        st.rs = NAME(row_rstd_rms)(xr, rr, fused, n, eps, ahead);
+        st.rs = NAME(row_rstd_rms)(xr, rr, fused, n, eps, ahead, shift);
         st.spread = 1.0;
     } else {
         double m2;
-        NAME(row_moments)(xr, rr, fused, n, st.pivot, ahead, &st.mu, &m2);
+        NAME(row_moments)(xr, rr, fused, n, st.pivot, ahead, shift, &st.mu, &m2);
         /* A finite float64 row whose spread exceeds ~1e154 overflows m2: say so with NaN
          * rather than return the bias as if the row were constant. */
         st.rs = m2 > DBL_MAX ? NAN : 1.0 / sqrt(m2 / (double)n + eps);
@@ -523,13 +528,6 @@ NAME(fwd_rows)(const D *x, const D *r, const T *restrict w, const T *restrict b,
      * back from the cache (one conversion per value instead of one per value and sweep). Wider
      * data forms x + r afresh in every sweep and stores it with y. */
     const int fused = has_r && sizeof(D) == sizeof(T);
-    /* prefetch (see norm_fwd): 1, short rows fetch the row two on while this one is
-     * normalized; 2, long rows fetch 4 KiB ahead of the statistics sweep. With the residual
-     * add only the first, and only in float32 and float64: 16-bit short rows and all long
-     * ones took 1.2-1.3x the time. */
-    if (has_r && !(fused && prefetch == 1))
-        prefetch = 0;
-    const Py_ssize_t ahead = prefetch == 2 ? 4096 : 0;
     /* Short rows: the statistics of the next row are formed before this one is normalized, so
      * that the reduction over lanes, the square root and the division of one row overlap the
      * output sweep of the row before. Zen 5, one thread, cached: float16 and bfloat16 rows of
@@ -537,17 +535,37 @@ NAME(fwd_rows)(const D *x, const D *r, const T *restrict w, const T *restrict b,
      * 0.91x; float32 rows of 768 and more took 1.0-1.05x, so the rule is by bytes and by dtype. */
     const size_t row_bytes = (size_t)n * sizeof(D) * (has_r ? 2 : 1);
     const int early = row_bytes <= (sizeof(D) == sizeof(T) ? 2048 : 8192);
+    /* prefetch (see norm_fwd): 1, short rows fetch the row `dist` rows past the one whose
+     * statistics are formed (at least 6 KiB on, and past the row whose statistics are formed
+     * early), the first half of it in the statistics sweep and the second half in the output
+     * sweep, so that memory is busy in both. Against fetching the row two on whole in the
+     * output sweep, Zen 5, two threads: float32 LayerNorm 0.86x the time on 4096 x 4096,
+     * 0.86-0.94x on 65536 x 1024, 0.92x on 16384 x 2048; RMSNorm, the residual add, float16,
+     * bfloat16 and float64 0.9-1.05x. A distance of 2 rows on 4096 x 4096 float32 took 1.06x
+     * the time of 1, 1 row on 65536 x 1024 1.09x that of 2. 2, long rows fetch 4 KiB ahead of
+     * the statistics sweep. With the residual add only the first, and only in float32 and
+     * float64: 16-bit short rows and all long ones took 1.2-1.3x the time. */
+    if (has_r && !(fused && prefetch == 1))
+        prefetch = 0;
+    const Py_ssize_t near = row_bytes ? (Py_ssize_t)(6143 / row_bytes) + 1 : 1,
+                     dist = near > 1 + early ? near : 1 + early;
+    const Py_ssize_t ahead = prefetch == 2   ? 4096
+                             : prefetch == 1 ? dist * n * (Py_ssize_t)sizeof(D)
+                                             : 0;
+    const int shift = prefetch == 1;
     NAME(rowstat) st, next;
     if (early && rows > 0)
-        next = NAME(fwd_stats)(x, r, sum, mean, rstd, 0, n, eps, ahead, has_r, fused, rms);
+        next = NAME(fwd_stats)(x, r, sum, mean, rstd, 0, n, eps, ahead, shift, has_r, fused,
+                               rms);
     for (Py_ssize_t row = 0; row < rows; row++) {
         if (!early) {
-            st = NAME(fwd_stats)(x, r, sum, mean, rstd, row, n, eps, ahead, has_r, fused, rms);
+            st = NAME(fwd_stats)(x, r, sum, mean, rstd, row, n, eps, ahead, shift, has_r,
+                                 fused, rms);
         } else {
             st = next;
             if (row + 1 < rows)
-                next = NAME(fwd_stats)(x, r, sum, mean, rstd, row + 1, n, eps, ahead, has_r,
-                                       fused, rms);
+                next = NAME(fwd_stats)(x, r, sum, mean, rstd, row + 1, n, eps, ahead, shift,
+                                       has_r, fused, rms);
         }
         const D *xr = has_r && !fused ? sum + row * n : x + row * n,
                 *rr = fused ? r + row * n : NULL;
@@ -585,10 +603,10 @@ NAME(fwd_rows)(const D *x, const D *r, const T *restrict w, const T *restrict b,
         for (; i < head && i < n; i++)
             NAME(fwd_one)(xr, rr, w, b, yr, sr, i, pivot, mu_t, rs_t, fused, rms);
         for (; i + W <= n; i += W) {
-            if (prefetch == 1 && row + 2 < rows) {
-                __builtin_prefetch(xr + 2 * n + i);
+            if (prefetch == 1 && row + dist < rows && (i - head) / W % 2 == 0) {
+                __builtin_prefetch(xr + dist * n + n / 2 + i / 2);
                 if (fused)
-                    __builtin_prefetch(rr + 2 * n + i);
+                    __builtin_prefetch(rr + dist * n + n / 2 + i / 2);
             }
             const V si = NAME(vat)(xr, rr, fused, i);
             const V scaled = rsv * NAME(load)(w + i);
@@ -621,19 +639,29 @@ static TARGET void NAME(norm_fwd)(const D *x, const D *r, const T *w, const T *b
 {
     /* Data too large for the cache (FASTLN_STREAM) is fetched ahead, the hardware prefetcher
      * stopping at page boundaries, and y is written with non-temporal stores (not the sum of
-     * 16-bit data, which is read back at once). Rows of up to 16 KiB fetch the row two on while
-     * they normalize this one: on Zen 5, one thread, 0.78x the time on 65536 x 1024 float32,
-     * 0.85x on 4096 x 4096, 0.85x on 8192 x 768 with the residual add. Longer rows, where that
-     * took 1.2-1.4x the time, fetch 4 KiB ahead of their statistics sweep instead: 0.8x the
-     * time on 1024 x 16384 float32, 0.65x on 4096 x 4096 float64. */
+     * 16-bit data, which is read back at once). Rows of up to 16 KiB fetch a row further on
+     * while they are swept (see fwd_rows): on Zen 5, one thread, fetching it all while this
+     * row was normalized took 0.78x the time of no prefetch on 65536 x 1024 float32, 0.85x on
+     * 4096 x 4096, 0.85x on 8192 x 768 with the residual add. Longer rows, where that took
+     * 1.2-1.4x the time, fetch 4 KiB ahead of their statistics sweep instead: 0.8x the time on
+     * 1024 x 16384 float32, 0.65x on 4096 x 4096 float64. */
     const int large = (flags & FASTLN_STREAM) != 0;
     /* 16-bit y streams in rows of 4 KiB and more: Zen 5, one thread, float16, 0.77x the time
      * on 4096 x 4096, 0.73x on 16384 x 4096, 0.93x on 8192 x 2048; rows of 768 and 1024 values
      * took 1.0-1.14x (its stores are half a cache line). */
     const int stream = large && (sizeof(D) == sizeof(T) || (size_t)n * sizeof(D) >= 4096);
     const int prefetch = !large ? 0 : (size_t)n * sizeof(D) <= 16384 ? 1 : 2;
+    /* Cached data is normalized by a copy of the code without streaming stores and prefetches:
+     * with them tested at run time, float32 rows of 768 with the residual add and bfloat16
+     * rows of 1024 took 1.04-1.06x the time (Zen 5, one thread). */
 #define FASTLN_FWD_ROWS(HAS_R, RMS)                                                           \
-    NAME(fwd_rows)(x, r, w, b, sum, y, mean, rstd, rows, n, eps, stream, prefetch, HAS_R, RMS)
+    do {                                                                                      \
+        if (large)                                                                            \
+            NAME(fwd_rows)(x, r, w, b, sum, y, mean, rstd, rows, n, eps, stream, prefetch,    \
+                           HAS_R, RMS);                                                       \
+        else                                                                                  \
+            NAME(fwd_rows)(x, r, w, b, sum, y, mean, rstd, rows, n, eps, 0, 0, HAS_R, RMS);  \
+    } while (0)
     if (flags & FASTLN_RMS) {
         if (r != NULL)
             FASTLN_FWD_ROWS(1, 1);
@@ -668,8 +696,8 @@ static TARGET inline void NAME(row_grad_sums)(const D *restrict x, const D *rest
         const int len = nvec - v < BLOCK ? (int)(nvec - v) : BLOCK;
         V bd = zero, bg = zero, bgd = zero;
         if (ahead) {
-            NAME(fetch_block)(x, NULL, 0, v * W, ahead);
-            NAME(fetch_block)(dy, NULL, 0, v * W, ahead);
+            NAME(fetch_block)(x, NULL, 0, v * W, ahead, 0);
+            NAME(fetch_block)(dy, NULL, 0, v * W, ahead, 0);
         }
         for (int s = 0; s < len; s++, v++) {
             const V d = NAME(lds)(x + v * W) - kv;
