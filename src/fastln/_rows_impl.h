@@ -536,15 +536,15 @@ NAME(fwd_rows)(const D *x, const D *r, const T *restrict w, const T *restrict b,
     const size_t row_bytes = (size_t)n * sizeof(D) * (has_r ? 2 : 1);
     const int early = row_bytes <= (sizeof(D) == sizeof(T) ? 2048 : 8192);
     /* prefetch (see norm_fwd): 1, short rows fetch the row `dist` rows past the one whose
-     * statistics are formed (at least 6 KiB on, and past the row whose statistics are formed
-     * early), the first half of it in the statistics sweep and the second half in the output
-     * sweep, so that memory is busy in both. Against fetching the row two on whole in the
+     * statistics are formed (at least 6 KiB of row_bytes on, and past the row whose statistics
+     * are formed early), the first half of it in the statistics sweep and the second half in the
+     * output sweep, so that memory is busy in both. Against fetching the row two on whole in the
      * output sweep, Zen 5, two threads: float32 LayerNorm 0.86x the time on 4096 x 4096,
      * 0.86-0.94x on 65536 x 1024, 0.92x on 16384 x 2048; RMSNorm, the residual add, float16,
-     * bfloat16 and float64 0.9-1.05x. A distance of 2 rows on 4096 x 4096 float32 took 1.06x
-     * the time of 1, 1 row on 65536 x 1024 1.09x that of 2. 2, long rows fetch 4 KiB ahead of
-     * the statistics sweep. With the residual add only the first, and only in float32 and
-     * float64: 16-bit short rows and all long ones took 1.2-1.3x the time. */
+     * bfloat16 and float64 0.9-1.05x. A distance of 2 rows on 4096 x 4096 float32 took 1.06x the
+     * time of 1, 1 row on 65536 x 1024 1.09x that of 2. 2, long rows fetch 4 KiB ahead of the
+     * statistics sweep. With the residual add only the first, and only in float32 and float64:
+     * 16-bit short rows and all long ones took 1.2-1.3x the time. */
     if (has_r && !(fused && prefetch == 1))
         prefetch = 0;
     const Py_ssize_t near = row_bytes ? (Py_ssize_t)(6143 / row_bytes) + 1 : 1,
