@@ -183,25 +183,115 @@ static TARGET inline void NAME(accumulate)(double *restrict acc, V v)
 #endif
 }
 
+/* W per-lane double sums of one row, held in registers: lanes [0, W/2) in h[0], [W/2, W) in
+ * h[1], and summed over lanes there too. As double[W] summed in a loop over lanes, GCC kept
+ * them in memory and the loop's loads waited for the wider stores before them: Zen 5, one
+ * thread, cached rows of 768 values, the forward took 1.1x the time in float32 and float16,
+ * RMSNorm's 1.2x. */
+#if FASTLN_VECTOR_EXT
+typedef struct {
+    WIDE h[2];
+} NAME(lanes);
+/* A WIDE taken apart into halves, quarters, ... in registers (GCC keeps a union of vectors
+ * out of memory). It is 64 bytes whatever WIDE's size: the branches below for a wider
+ * WIDE are compiled but never taken. */
+typedef double NAME(dv4) __attribute__((vector_size(32), aligned(8)));
+typedef double NAME(dv2) __attribute__((vector_size(16), aligned(8)));
+typedef union {
+    WIDE w;
+    NAME(dv4) q[2];
+    NAME(dv2) p[4];
+    double d[8];
+} NAME(wsplit);
+#define LANES_OF_WIDE ((int)(sizeof(WIDE) / sizeof(double)))
+#else
+typedef struct {
+    double h[1];
+} NAME(lanes);
+#endif
+#define LANES NAME(lanes)
+
+static TARGET FASTLN_ALWAYS_INLINE LANES NAME(lanes_zero)(void)
+{
+    LANES a;
+#if FASTLN_VECTOR_EXT
+    a.h[0] = a.h[1] = (WIDE){0};
+#else
+    a.h[0] = 0.0;
+#endif
+    return a;
+}
+
+static TARGET FASTLN_ALWAYS_INLINE void NAME(lanes_add)(LANES *a, V v)
+{
+#if FASTLN_VECTOR_EXT
+    WIDE wide[2];
+    NAME(widen)(v, wide);
+    a->h[0] += wide[0];
+    a->h[1] += wide[1];
+#else
+    a->h[0] += (double)v;
+#endif
+}
+
+/* Pairwise combination of the lanes, lane l with lane l + width for width = W / 2, ..., 1, by
+ * COMBINE(a, b, qa, qb, scale) on vectors of the lower and upper lanes, scale doubling at each
+ * step: *out = lane 0 of a, *qout = of qa. */
+#if FASTLN_VECTOR_EXT
+#define FASTLN_LANES_REDUCE(A, QA, SCALE, COMBINE, OUT, QOUT)                                 \
+    do {                                                                                      \
+        NAME(wsplit) u_, uq_;                                                                 \
+        u_.w = (A).h[0];                                                                      \
+        uq_.w = (QA).h[0];                                                                    \
+        COMBINE(u_.w, (A).h[1], uq_.w, (QA).h[1], SCALE);                                     \
+        if (LANES_OF_WIDE == 8)                                                               \
+            COMBINE(u_.q[0], u_.q[1], uq_.q[0], uq_.q[1], SCALE);                             \
+        if (LANES_OF_WIDE >= 4)                                                               \
+            COMBINE(u_.p[0], u_.p[1], uq_.p[0], uq_.p[1], SCALE);                             \
+        if (LANES_OF_WIDE >= 2)                                                               \
+            COMBINE(u_.d[0], u_.d[1], uq_.d[0], uq_.d[1], SCALE);                             \
+        *(OUT) = u_.d[0];                                                                     \
+        *(QOUT) = uq_.d[0];                                                                   \
+    } while (0)
+#else
+#define FASTLN_LANES_REDUCE(A, QA, SCALE, COMBINE, OUT, QOUT)                                 \
+    do {                                                                                      \
+        (void)(SCALE);                                                                        \
+        *(OUT) = (A).h[0];                                                                    \
+        *(QOUT) = (QA).h[0];                                                                  \
+    } while (0)
+#endif
+
+/* a += b (qa unused). */
+#define FASTLN_SUM_STEP(a, b, qa, qb, scale) ((a) += (b))
+
+/* The sum of the W lanes, in the order of the steps above. */
+static TARGET FASTLN_ALWAYS_INLINE double NAME(lanes_total)(LANES a)
+{
+    double total, unused;
+    FASTLN_LANES_REDUCE(a, a, 0, FASTLN_SUM_STEP, &total, &unused);
+    return total;
+}
+
 /* Chan's merge of a block (per-lane mean bm and M2 q) into the lanes' running mean and m2:
  * mean += delta * wb, m2 += q + delta^2 * wab, delta = bm - mean, all in double. */
-static TARGET inline void NAME(chan_merge)(double *restrict mean, double *restrict m2, V bm,
-                                           V q, double wb, double wab)
+static TARGET FASTLN_ALWAYS_INLINE void NAME(chan_merge)(LANES *restrict mean,
+                                                        LANES *restrict m2, V bm, V q,
+                                                        double wb, double wab)
 {
 #if FASTLN_VECTOR_EXT
     WIDE hb[2], hq[2];
     NAME(widen)(bm, hb);
     NAME(widen)(q, hq);
-    WIDE *mu = (WIDE *)mean, *s = (WIDE *)m2;
     for (int h = 0; h < 2; h++) {
-        const WIDE delta = hb[h] - mu[h];
-        mu[h] += delta * wb;
-        s[h] += hq[h] + delta * delta * wab;
+        const WIDE delta = hb[h] - mean->h[h];
+        mean->h[h] += delta * wb;
+        m2->h[h] += hq[h] + delta * delta * wab;
     }
 #else
-    const double delta = (double)bm - mean[0];
-    mean[0] += delta * wb;
-    m2[0] += (double)q + delta * delta * wab;
+    const double delta = (double)bm - mean->h[0];
+    mean->h[0] += delta * wb;
+    m2->h[0] += (double)q + delta * delta * wab;
 #endif
 }
 
@@ -296,39 +386,15 @@ static TARGET FASTLN_ALWAYS_INLINE void NAME(fetch_block)(const D *x, const D *r
     }
 }
 
-#if FASTLN_VECTOR_EXT
-/* One level of row_moments' merge of lanes, lane l with lane l + K for l < K, as vectors: GCC
- * does the loop one lane at a time, through memory. Zen 5, one thread: 0.95x the forward's
- * time on rows of 256 float32 values, 0.98x on rows of 1024. */
-#define FASTLN_LANE_MERGE(K)                                                                  \
-    typedef double NAME(dv##K) __attribute__((vector_size(K * sizeof(double)), aligned(8)));  \
-    static TARGET FASTLN_ALWAYS_INLINE void NAME(lane_merge##K)(                              \
-        double *restrict mean, double *restrict m2, double half_count)                        \
-    {                                                                                         \
-        NAME(dv##K) a, b, qa, qb;                                                             \
-        memcpy(&a, mean, sizeof a);                                                           \
-        memcpy(&b, mean + K, sizeof b);                                                       \
-        memcpy(&qa, m2, sizeof qa);                                                           \
-        memcpy(&qb, m2 + K, sizeof qb);                                                       \
-        const NAME(dv##K) delta = b - a;                                                      \
-        a = 0.5 * (a + b);                                                                    \
-        qa = (qa + qb) + delta * delta * (0.5 * half_count);                                  \
-        memcpy(mean, &a, sizeof a);                                                           \
-        memcpy(m2, &qa, sizeof qa);                                                           \
-    }
-FASTLN_LANE_MERGE(8)
-FASTLN_LANE_MERGE(4)
-#undef FASTLN_LANE_MERGE
-#endif
-
-/* The sum of lanes[0:W] as lanes[l] += lanes[l + width] for width = W / 2, ..., 1. */
-static TARGET FASTLN_ALWAYS_INLINE double NAME(lanes_total)(double *restrict lanes)
-{
-    for (int width = W / 2; width >= 1; width /= 2)
-        for (int l = 0; l < width; l++)
-            lanes[l] += lanes[l + width];
-    return lanes[0];
-}
+/* Chan's merge of two sets of lanes with equal counts, half_count values each:
+ * mean = (a + b) / 2, M2 = M2_a + M2_b + delta^2 half_count / 2; half_count then doubles. */
+#define FASTLN_CHAN_STEP(a, b, qa, qb, half_count)                                            \
+    do {                                                                                      \
+        const __typeof__(a) delta_ = (b) - (a);                                               \
+        (a) = 0.5 * ((a) + (b));                                                              \
+        (qa) = ((qa) + (qb)) + delta_ * delta_ * (0.5 * (half_count));                       \
+        (half_count) *= 2.0;                                                                  \
+    } while (0)
 
 /* Moments of one row s (x, or x + r) about its pivot: *mean = mean(s - pivot),
  * *m2 = sum((s - mean(s))^2).
@@ -347,11 +413,7 @@ NAME(row_moments)(const D *x, const D *r, const int has_r, Py_ssize_t n, T pivot
     const Py_ssize_t nvec = n / W;
     double mu = 0.0, q = 0.0;
     if (nvec > 0) {
-        double mean[W], m2[W];
-        for (int l = 0; l < W; l++) {
-            mean[l] = 0.0;
-            m2[l] = 0.0;
-        }
+        LANES mean = NAME(lanes_zero)(), m2 = mean;
         const V pv = NAME(splat)(pivot);
         Py_ssize_t done = 0;                       /* vectors merged = values per lane */
         while (done < nvec) {
@@ -365,33 +427,12 @@ NAME(row_moments)(const D *x, const D *r, const int has_r, Py_ssize_t n, T pivot
                 NAME(block_moments)(x, r, has_r, done * W, len, pv, &bm, &bq);
             /* Chan: n = n_a + n_b, mean += delta n_b / n, M2 += M2_b + delta^2 n_a n_b / n */
             const double na = (double)done, nb = (double)len;
-            NAME(chan_merge)(mean, m2, bm, bq, nb / (na + nb), na * nb / (na + nb));
+            NAME(chan_merge)(&mean, &m2, bm, bq, nb / (na + nb), na * nb / (na + nb));
             done += len;
         }
-        /* Lanes have equal counts: mean = (a + b) / 2, M2 = M2_a + M2_b + delta^2 n_a / 2. */
+        /* Lanes have equal counts. */
         double half_count = (double)nvec;
-        for (int width = W / 2; width >= 1; width /= 2) {
-#if FASTLN_VECTOR_EXT
-            if (width == 8) {
-                NAME(lane_merge8)(mean, m2, half_count);
-                half_count *= 2.0;
-                continue;
-            }
-            if (width == 4) {
-                NAME(lane_merge4)(mean, m2, half_count);
-                half_count *= 2.0;
-                continue;
-            }
-#endif
-            for (int l = 0; l < width; l++) {
-                const double delta = mean[l + width] - mean[l];
-                mean[l] = 0.5 * (mean[l] + mean[l + width]);
-                m2[l] = (m2[l] + m2[l + width]) + delta * delta * (0.5 * half_count);
-            }
-            half_count *= 2.0;
-        }
-        mu = mean[0];
-        q = m2[0];
+        FASTLN_LANES_REDUCE(mean, m2, half_count, FASTLN_CHAN_STEP, &mu, &q);
     }
     NAME(welford)(x, r, has_r, nvec * W, n, (double)pivot, &mu, &q);
     /* Short sums in float over- or underflow on rows whose spread is beyond ~2^+-50 (values near
@@ -414,9 +455,7 @@ NAME(row_rstd_rms)(const D *x, const D *r, const int has_r, Py_ssize_t n, double
                    Py_ssize_t ahead, const int shift)
 {
     const Py_ssize_t nvec = n / W;
-    double lanes[W];
-    for (int l = 0; l < W; l++)
-        lanes[l] = 0.0;
+    LANES lanes = NAME(lanes_zero)();
     const V zero = NAME(splat)(0);
     Py_ssize_t v = 0;
     while (v < nvec) {
@@ -428,7 +467,7 @@ NAME(row_rstd_rms)(const D *x, const D *r, const int has_r, Py_ssize_t n, double
             const V e = NAME(vat)(x, r, has_r, v * W);
             sq += e * e;
         }
-        NAME(accumulate)(lanes, sq);
+        NAME(lanes_add)(&lanes, sq);
     }
     double q = NAME(lanes_total)(lanes);
     for (Py_ssize_t i = nvec * W; i < n; i++) {
@@ -683,12 +722,7 @@ static TARGET inline void NAME(row_grad_sums)(const D *restrict x, const D *rest
                                               const T *restrict w, Py_ssize_t n, T k,
                                               Py_ssize_t ahead, double *restrict out)
 {
-    double sd[W], sg[W], sgd[W];
-    for (int l = 0; l < W; l++) {
-        sd[l] = 0.0;
-        sg[l] = 0.0;
-        sgd[l] = 0.0;
-    }
+    LANES ld = NAME(lanes_zero)(), lg = ld, lgd = ld;
     const V kv = NAME(splat)(k), zero = NAME(splat)(0);
     const Py_ssize_t nvec = n / W;
     Py_ssize_t v = 0;
@@ -706,23 +740,22 @@ static TARGET inline void NAME(row_grad_sums)(const D *restrict x, const D *rest
             bg += g;
             bgd = NAME(fma)(g, d, bgd);
         }
-        NAME(accumulate)(sd, bd);
-        NAME(accumulate)(sg, bg);
-        NAME(accumulate)(sgd, bgd);
+        NAME(lanes_add)(&ld, bd);
+        NAME(lanes_add)(&lg, bg);
+        NAME(lanes_add)(&lgd, bgd);
     }
-    NAME(lanes_total)(sd);
-    NAME(lanes_total)(sg);
-    NAME(lanes_total)(sgd);
+    double sd = NAME(lanes_total)(ld), sg = NAME(lanes_total)(lg),
+           sgd = NAME(lanes_total)(lgd);
     for (Py_ssize_t i = nvec * W; i < n; i++) {
         const double d = (double)(NAME(ld1)(x + i) - k);
         const double g = (double)NAME(ld1)(dy + i) * (double)w[i];
-        sd[0] += d;
-        sg[0] += g;
-        sgd[0] += g * d;
+        sd += d;
+        sg += g;
+        sgd += g * d;
     }
-    out[0] = sd[0];
-    out[1] = sg[0];
-    out[2] = sgd[0];
+    out[0] = sd;
+    out[1] = sg;
+    out[2] = sgd;
 }
 
 /* One row of the backward entirely in double, for rows the T sweep cannot take: float32 rows
@@ -1064,3 +1097,8 @@ static TARGET void NAME(sum_blocks)(double *restrict parts, Py_ssize_t nblocks, 
 #undef W
 #undef HALF
 #undef WIDE
+#undef LANES
+#undef LANES_OF_WIDE
+#undef FASTLN_LANES_REDUCE
+#undef FASTLN_SUM_STEP
+#undef FASTLN_CHAN_STEP
