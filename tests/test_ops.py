@@ -326,6 +326,31 @@ def test_large_fused_add_streams_with_the_same_bits(rng):
         np.testing.assert_array_equal(s[i], s1[0])
 
 
+@pytest.mark.parametrize("n", [256, 770, 1027])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cached_rows_written_in_pieces_keep_their_bits(rng, dtype, n):
+    # Small float32 and float64 calls write each row in pieces between the blocks of the next
+    # row's statistics. Every row, those finished in double among them (huge values, a
+    # subnormal spread), comes out as it does alone, with no next row; the rows start off the
+    # vector alignment.
+    rows = 9
+    x = rng.standard_normal(rows * n + 1).astype(dtype)[1:].reshape(rows, n)
+    x[2] *= np.finfo(dtype).max / 8
+    x[5] *= np.finfo(dtype).smallest_normal * 4
+    r = rng.standard_normal((rows, n)).astype(dtype)
+    w, b = (rng.standard_normal(n).astype(dtype) for _ in range(2))
+    calls = [lambda a, s: fastln.layer_norm(a, n, w, b),
+             lambda a, s: fastln.rms_norm(a, n, w),
+             lambda a, s: fastln.add_layer_norm(a, s, n, w, b)[0],
+             lambda a, s: fastln.add_rms_norm(a, s, n, w)[0]]
+    for f in calls:
+        with np.errstate(all="ignore"):
+            whole = f(x, r)
+            for i in range(rows):
+                np.testing.assert_array_equal(whole[i], f(x[i:i + 1], r[i:i + 1])[0])
+    assert np.isfinite(fastln.layer_norm(x[:2], n)).all()
+
+
 @pytest.mark.parametrize("n", [768, 1024, 1027])
 def test_large_backward_written_with_streaming_stores(rng, n):
     # dx is streamed once dy, x and dx come to 16 MiB, when a row is a whole number of vectors

@@ -70,6 +70,7 @@ cdef extern from "_rows.h" nogil:
     const char *FASTLN_BUILD_FLAGS
     int FASTLN_STREAM
     int FASTLN_RMS
+    int FASTLN_IN_L2
 
 cdef extern from *:
     """
@@ -104,6 +105,11 @@ cdef Py_ssize_t BWD_BLOCK_ELEMS = 65536
 # 2048 x 1024 gained nothing.
 cdef Py_ssize_t FWD_STREAM_BYTES = 32 << 20
 cdef Py_ssize_t BWD_STREAM_BYTES = 16 << 20
+# Forward calls whose arrays fit in the L2 caches of the threads that run them, at L2_BYTES
+# each (Zen 5's 1 MiB), write each row in pieces between the blocks of the next row's
+# statistics (FASTLN_IN_L2; see norm_fwd in _rows_impl.h). Whether a call qualifies depends on
+# the thread count; the results do not.
+cdef Py_ssize_t L2_BYTES = 1 << 20
 
 cdef int _requested_threads = 0
 
@@ -310,12 +316,15 @@ def norm_forward(int kind, cnp.ndarray x, object r, cnp.ndarray w, object b, obj
     a.y = _data(y)                         # OUT (may be x or r)
     a.mean = _data(mean)                   # OUT, optional
     a.rstd = _data(rstd)                   # OUT, optional
-    a.flags = FASTLN_RMS if rms else 0
-    if rows * n * _itemsize(kind) * (2 if r is None else 4) >= FWD_STREAM_BYTES:
-        a.flags |= FASTLN_STREAM
     cdef Py_ssize_t block = _block_rows(rows, n, BLOCK_ELEMS, max(rows, 1))
     cdef Py_ssize_t nblocks = _ceil_div(rows, block)
     cdef int nthreads = _threads_for(rows * n, nblocks)
+    cdef Py_ssize_t nbytes = rows * n * _itemsize(kind) * (2 if r is None else 4)
+    a.flags = FASTLN_RMS if rms else 0
+    if nbytes >= FWD_STREAM_BYTES:
+        a.flags |= FASTLN_STREAM
+    elif nbytes <= L2_BYTES * nthreads:
+        a.flags |= FASTLN_IN_L2
     cdef Py_ssize_t blk
     with nogil:
         if nthreads == 1:

@@ -46,13 +46,16 @@
 
 #if defined(__GNUC__) || defined(__clang__)
 #define FASTLN_ALWAYS_INLINE inline __attribute__((always_inline))
+#define FASTLN_NOINLINE __attribute__((noinline))
 #else
 #define FASTLN_ALWAYS_INLINE inline
+#define FASTLN_NOINLINE
 #endif
 
 /* flags of norm_fwd and norm_bwd */
 #define FASTLN_STREAM 1    /* write the large outputs with non-temporal stores */
 #define FASTLN_RMS 2       /* RMSNorm: no mean, no bias */
+#define FASTLN_IN_L2 4     /* forward: the call's arrays fit in its threads' L2 caches */
 
 #ifndef FASTLN_BUILD_FLAGS
 #define FASTLN_BUILD_FLAGS ""

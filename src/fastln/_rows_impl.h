@@ -396,6 +396,47 @@ static TARGET FASTLN_ALWAYS_INLINE void NAME(fetch_block)(const D *x, const D *r
         (half_count) *= 2.0;                                                                  \
     } while (0)
 
+/* A row of fwd_rows' output sweep, which on cached data runs in pieces between the blocks of
+ * the next row's statistics sweep (see fwd_rows). */
+typedef struct {
+    const D *xr, *rr;
+    D *yr, *sr;
+    const T *w, *b;
+    V pv, muv, rsv;
+    Py_ssize_t head, n; /* the first column of the vector sweep; the row's length */
+} NAME(outrow);
+
+/* Columns i to i + W of o's row: y, and with the fused residual add the sum. */
+static TARGET FASTLN_ALWAYS_INLINE void NAME(fwd_vec)(const NAME(outrow) o, Py_ssize_t i,
+                                                      const int fused, const int rms,
+                                                      const int stream, const int stream_sum)
+{
+    const V si = NAME(vat)(o.xr, o.rr, fused, i);
+    const V scaled = o.rsv * NAME(load)(o.w + i);
+    V out;
+    if (rms)
+        out = si * scaled;
+    else
+        out = NAME(fma)((si - o.pv) - o.muv, scaled, NAME(load)(o.b + i));
+    if (stream)
+        NAME(streams)(o.yr + i, out);
+    else
+        NAME(sts)(o.yr + i, out);
+    if (fused && stream_sum)
+        NAME(streams)(o.sr + i, si);
+    else if (fused)
+        NAME(sts)(o.sr + i, si);
+}
+
+/* Vectors k0 to k1 of o's vector sweep, those that the row holds, with plain stores. */
+static TARGET FASTLN_ALWAYS_INLINE void NAME(fwd_span)(const NAME(outrow) o, Py_ssize_t k0,
+                                                       Py_ssize_t k1, const int fused,
+                                                       const int rms)
+{
+    for (Py_ssize_t i = o.head + k0 * W; i < o.head + k1 * W && i + W <= o.n; i += W)
+        NAME(fwd_vec)(o, i, fused, rms, 0, 0);
+}
+
 /* Moments of one row s (x, or x + r) about its pivot: *mean = mean(s - pivot),
  * *m2 = sum((s - mean(s))^2).
  *
@@ -407,8 +448,8 @@ static TARGET FASTLN_ALWAYS_INLINE void NAME(fetch_block)(const D *x, const D *r
  * threads. */
 static TARGET FASTLN_ALWAYS_INLINE void
 NAME(row_moments)(const D *x, const D *r, const int has_r, Py_ssize_t n, T pivot,
-                  Py_ssize_t ahead, const int shift, double *restrict mean_out,
-                  double *restrict m2_out)
+                  Py_ssize_t ahead, const int shift, const NAME(outrow) pending, const int pend,
+                  double *restrict mean_out, double *restrict m2_out)
 {
     const Py_ssize_t nvec = n / W;
     double mu = 0.0, q = 0.0;
@@ -428,6 +469,8 @@ NAME(row_moments)(const D *x, const D *r, const int has_r, Py_ssize_t n, T pivot
             /* Chan: n = n_a + n_b, mean += delta n_b / n, M2 += M2_b + delta^2 n_a n_b / n */
             const double na = (double)done, nb = (double)len;
             NAME(chan_merge)(&mean, &m2, bm, bq, nb / (na + nb), na * nb / (na + nb));
+            if (pend)
+                NAME(fwd_span)(pending, done, done + len, has_r, 0);
             done += len;
         }
         /* Lanes have equal counts. */
@@ -452,7 +495,7 @@ NAME(row_moments)(const D *x, const D *r, const int has_r, Py_ssize_t n, T pivot
  * summed again in double, scaled by its largest magnitude so that nothing overflows. */
 static TARGET FASTLN_ALWAYS_INLINE double
 NAME(row_rstd_rms)(const D *x, const D *r, const int has_r, Py_ssize_t n, double eps,
-                   Py_ssize_t ahead, const int shift)
+                   Py_ssize_t ahead, const int shift, const NAME(outrow) pending, const int pend)
 {
     const Py_ssize_t nvec = n / W;
     LANES lanes = NAME(lanes_zero)();
@@ -468,6 +511,8 @@ NAME(row_rstd_rms)(const D *x, const D *r, const int has_r, Py_ssize_t n, double
             sq += e * e;
         }
         NAME(lanes_add)(&lanes, sq);
+        if (pend)
+            NAME(fwd_span)(pending, v - len, v, has_r, 1);
     }
     double q = NAME(lanes_total)(lanes);
     for (Py_ssize_t i = nvec * W; i < n; i++) {
@@ -517,11 +562,14 @@ typedef struct {
 } NAME(rowstat);
 
 /* The statistics sweep of fwd_rows over row `row` (see there); writes mean[row] and rstd[row]
- * where they are not NULL. 16-bit data with the residual add first stores the row's sum. */
+ * where they are not NULL. 16-bit data with the residual add first stores the row's sum. With
+ * pend, the vector sweep of the row before (`pending`) is written along the way, the vectors
+ * of each block after the block's statistics. */
 static TARGET FASTLN_ALWAYS_INLINE NAME(rowstat)
 NAME(fwd_stats)(const D *x, const D *r, D *sum, T *restrict mean, T *restrict rstd,
                 Py_ssize_t row, Py_ssize_t n, double eps, Py_ssize_t ahead, const int shift,
-                const int has_r, const int fused, const int rms)
+                const NAME(outrow) pending, const int pend, const int has_r, const int fused,
+                const int rms)
 {
     const D *xr = x + row * n, *rr = has_r ? r + row * n : NULL;
     if (has_r && !fused) {
@@ -537,11 +585,12 @@ NAME(fwd_stats)(const D *x, const D *r, D *sum, T *restrict mean, T *restrict rs
     st.pivot = rms ? (T)0 : NAME(at)(xr, rr, fused, 0);
     st.mu = 0.0;
     if (rms) {
-        st.rs = NAME(row_rstd_rms)(xr, rr, fused, n, eps, ahead, shift);
+        st.rs = NAME(row_rstd_rms)(xr, rr, fused, n, eps, ahead, shift, pending, pend);
         st.spread = 1.0;
     } else {
         double m2;
-        NAME(row_moments)(xr, rr, fused, n, st.pivot, ahead, shift, &st.mu, &m2);
+        NAME(row_moments)(xr, rr, fused, n, st.pivot, ahead, shift, pending, pend, &st.mu,
+                          &m2);
         /* A finite float64 row whose spread exceeds ~1e154 overflows m2: say so with NaN
          * rather than return the bias as if the row were constant. */
         st.rs = m2 > DBL_MAX ? NAN : 1.0 / sqrt(m2 / (double)n + eps);
@@ -561,7 +610,7 @@ NAME(fwd_stats)(const D *x, const D *r, D *sum, T *restrict mean, T *restrict rs
 static TARGET FASTLN_ALWAYS_INLINE void
 NAME(fwd_rows)(const D *x, const D *r, const T *restrict w, const T *restrict b, D *sum, D *y,
                T *restrict mean, T *restrict rstd, Py_ssize_t rows, Py_ssize_t n, double eps,
-               int stream, int prefetch, const int has_r, const int rms)
+               int stream, int prefetch, const int pieces, const int has_r, const int rms)
 {
     /* 16-bit data: the sum is rounded and stored first, then normalized as a plain row read
      * back from the cache (one conversion per value instead of one per value and sweep). Wider
@@ -592,43 +641,39 @@ NAME(fwd_rows)(const D *x, const D *r, const T *restrict w, const T *restrict b,
                              : prefetch == 1 ? dist * n * (Py_ssize_t)sizeof(D)
                                              : 0;
     const int shift = prefetch == 1;
+    /* pieces (float32 and float64 rows of 4 vectors and more whose data stays in the L2 caches,
+     * see norm_fwd): the output sweep of a row runs in pieces, one after each block of the next
+     * row's statistics sweep, so that the out-of-order core always has independent loads and
+     * stores to run beside the statistics' dependent sums, and the row's square root and
+     * division are done long before its output needs them. */
+    const NAME(outrow) idle = {0};
     NAME(rowstat) st, next;
-    if (early && rows > 0)
-        next = NAME(fwd_stats)(x, r, sum, mean, rstd, 0, n, eps, ahead, shift, has_r, fused,
-                               rms);
+    if ((early || pieces) && rows > 0)
+        next = NAME(fwd_stats)(x, r, sum, mean, rstd, 0, n, eps, ahead, shift, idle, 0, has_r,
+                               fused, rms);
     for (Py_ssize_t row = 0; row < rows; row++) {
-        if (!early) {
-            st = NAME(fwd_stats)(x, r, sum, mean, rstd, row, n, eps, ahead, shift, has_r,
+        if (!early && !pieces) {
+            st = NAME(fwd_stats)(x, r, sum, mean, rstd, row, n, eps, ahead, shift, idle, 0, has_r,
                                  fused, rms);
         } else {
             st = next;
-            if (row + 1 < rows)
+            if (!pieces && row + 1 < rows)
                 next = NAME(fwd_stats)(x, r, sum, mean, rstd, row + 1, n, eps, ahead, shift,
-                                       has_r, fused, rms);
+                                       idle, 0, has_r, fused, rms);
         }
         const D *xr = has_r && !fused ? sum + row * n : x + row * n,
                 *rr = fused ? r + row * n : NULL;
         D *yr = y + row * n, *sr = has_r ? sum + row * n : NULL;
         const T pivot = st.pivot;
         const double mu = st.mu, rs = st.rs, spread = st.spread;
+        /* (s - pivot) is exact; subtracting the small remainder mu rounds once. */
+        const T mu_t = (T)mu, rs_t = (T)rs;
         /* sqrt(m2) bounds every |x - mean|. When it or rstd is far outside float32's comfortable
          * range (values near FLT_MAX, subnormal spreads, eps = 0 on a near-constant row), the
          * row is finished in double so that nothing overflows or loses digits; otherwise in T. */
-        if (sizeof(T) < sizeof(double) &&
-            !(spread < 0x1p100 && spread > 0x1p-100 && rs < 0x1p100 && rs > 0x1p-100)) {
-            for (Py_ssize_t i = 0; i < n; i++) {
-                const T si = NAME(at)(xr, rr, fused, i);
-                const double centred = ((double)si - (double)pivot) - mu;
-                NAME(st1)(yr + i, (T)(rms ? centred * rs * (double)w[i]
-                                          : centred * rs * (double)w[i] + (double)b[i]));
-                if (fused)
-                    NAME(st1)(sr + i, si);
-            }
-            continue;
-        }
-        /* (s - pivot) is exact; subtracting the small remainder mu rounds once. */
-        const T mu_t = (T)mu, rs_t = (T)rs;
-        const V pv = NAME(splat)(pivot), muv = NAME(splat)(mu_t), rsv = NAME(splat)(rs_t);
+        const int in_double =
+            sizeof(T) < sizeof(double) &&
+            !(spread < 0x1p100 && spread > 0x1p-100 && rs < 0x1p100 && rs > 0x1p-100);
         /* The vector sweep starts where y is aligned to the vector it stores (a register of T,
          * half one of 16-bit data), the columns before one at a time. Streaming stores need it,
          * and x placed alike (fastln's fresh outputs sit at the offset of x) is then aligned
@@ -638,36 +683,76 @@ NAME(fwd_rows)(const D *x, const D *r, const T *restrict w, const T *restrict b,
             ((W * sizeof(D) - (uintptr_t)yr % (W * sizeof(D))) % (W * sizeof(D))) / sizeof(D));
         const int stream_sum = stream && fused &&
                                ((uintptr_t)sr - (uintptr_t)yr) % REGISTER_BYTES == 0;
+        const NAME(outrow) o = {xr, rr, yr, sr, w, b, NAME(splat)(pivot), NAME(splat)(mu_t),
+                                NAME(splat)(rs_t), head, n};
         Py_ssize_t i = 0;
-        for (; i < head && i < n; i++)
-            NAME(fwd_one)(xr, rr, w, b, yr, sr, i, pivot, mu_t, rs_t, fused, rms);
+        if (in_double) {
+            for (; i < n; i++) {
+                const T si = NAME(at)(xr, rr, fused, i);
+                const double centred = ((double)si - (double)pivot) - mu;
+                NAME(st1)(yr + i, (T)(rms ? centred * rs * (double)w[i]
+                                          : centred * rs * (double)w[i] + (double)b[i]));
+                if (fused)
+                    NAME(st1)(sr + i, si);
+            }
+        } else {
+            for (; i < head && i < n; i++)
+                NAME(fwd_one)(xr, rr, w, b, yr, sr, i, pivot, mu_t, rs_t, fused, rms);
+        }
+        if (pieces && row + 1 < rows) {
+            next = NAME(fwd_stats)(x, r, sum, mean, rstd, row + 1, n, eps, ahead, shift,
+                                   o, !in_double, has_r, fused, rms);
+            if (!in_double)                        /* every whole vector is written */
+                i = head + (n - head) / W * W;
+        }
+        if (in_double)
+            continue;
         for (; i + W <= n; i += W) {
             if (prefetch == 1 && row + dist < rows && (i - head) / W % 2 == 0) {
                 __builtin_prefetch(xr + dist * n + n / 2 + i / 2);
                 if (fused)
                     __builtin_prefetch(rr + dist * n + n / 2 + i / 2);
             }
-            const V si = NAME(vat)(xr, rr, fused, i);
-            const V scaled = rsv * NAME(load)(w + i);
-            V out;
-            if (rms)
-                out = si * scaled;
-            else
-                out = NAME(fma)((si - pv) - muv, scaled, NAME(load)(b + i));
-            if (stream)
-                NAME(streams)(yr + i, out);
-            else
-                NAME(sts)(yr + i, out);
-            if (fused && stream_sum)
-                NAME(streams)(sr + i, si);
-            else if (fused)
-                NAME(sts)(sr + i, si);
+            NAME(fwd_vec)(o, i, fused, rms, stream, stream_sum);
         }
         for (; i < n; i++)
             NAME(fwd_one)(xr, rr, w, b, yr, sr, i, pivot, mu_t, rs_t, fused, rms);
     }
     if (stream)
         FASTLN_SFENCE();
+}
+
+/* Calls f(HAS_R, RMS) for the kind of norm that r and flags ask for: one specialised copy of the
+ * code per (residual add, RMSNorm) pair. */
+#define FASTLN_BY_KIND(f)                                                                     \
+    do {                                                                                      \
+        if (flags & FASTLN_RMS) {                                                             \
+            if (r != NULL)                                                                    \
+                f(1, 1);                                                                      \
+            else                                                                              \
+                f(0, 1);                                                                      \
+        } else {                                                                              \
+            if (r != NULL)                                                                    \
+                f(1, 0);                                                                      \
+            else                                                                              \
+                f(0, 0);                                                                      \
+        }                                                                                     \
+    } while (0)
+
+/* norm_fwd's copy for float32 and float64 rows written in pieces (see there), a function of its
+ * own: inlined into norm_fwd beside the other copies, it made them slower (float32 add +
+ * RMSNorm on 2048 x 768, 1.08x the time, Zen 5, one thread). */
+static TARGET FASTLN_NOINLINE void NAME(fwd_pieces)(const D *x, const D *r, const T *w,
+                                                    const T *b, D *sum, D *y, T *mean,
+                                                    T *rstd, Py_ssize_t rows, Py_ssize_t n,
+                                                    double eps, int flags)
+{
+    if (sizeof(D) != sizeof(T))
+        return;
+#define FASTLN_PIECES(HAS_R, RMS)                                                             \
+    NAME(fwd_rows)(x, r, w, b, sum, y, mean, rstd, rows, n, eps, 0, 0, 1, HAS_R, RMS)
+    FASTLN_BY_KIND(FASTLN_PIECES);
+#undef FASTLN_PIECES
 }
 
 /* Forward over a block of rows: see fwd_rows; `r` and `sum` are NULL without the residual add,
@@ -690,28 +775,31 @@ static TARGET void NAME(norm_fwd)(const D *x, const D *r, const T *w, const T *b
      * took 1.0-1.14x (its stores are half a cache line). */
     const int stream = large && (sizeof(D) == sizeof(T) || (size_t)n * sizeof(D) >= 4096);
     const int prefetch = !large ? 0 : (size_t)n * sizeof(D) <= 16384 ? 1 : 2;
-    /* Cached data is normalized by a copy of the code without streaming stores and prefetches:
+    /* Cached data is normalized by copies of the code without streaming stores and prefetches:
      * with them tested at run time, float32 rows of 768 with the residual add and bfloat16
-     * rows of 1024 took 1.04-1.06x the time (Zen 5, one thread). */
+     * rows of 1024 took 1.04-1.06x the time (Zen 5, one thread). float32 and float64 rows of
+     * 4 vectors and more whose data stays in the L2 caches (FASTLN_IN_L2) go to a copy that
+     * writes each row in pieces while the next row's statistics are formed (see fwd_rows).
+     * Zen 5, one thread, against each row's output after its statistics: 64 x 768 float32 0.83x
+     * the time, with the residual add 0.82x, RMSNorm 0.9x; 256 x 256 0.82x; 8 x 4096 0.9x;
+     * float64 0.84x. Data in the L3 cache gained less or lost (the residual add 1.1-1.3x the
+     * time on 2048 x 768, two threads), float16 and bfloat16 (whose statistics are formed a row
+     * early instead) 0.91-1.1x, and rows of fewer vectors, with the choice tested in the row
+     * loop, 1.02-1.2x. */
+    if (!large && (flags & FASTLN_IN_L2) && sizeof(D) == sizeof(T) && n >= 4 * W) {
+        NAME(fwd_pieces)(x, r, w, b, sum, y, mean, rstd, rows, n, eps, flags);
+        return;
+    }
 #define FASTLN_FWD_ROWS(HAS_R, RMS)                                                           \
     do {                                                                                      \
         if (large)                                                                            \
-            NAME(fwd_rows)(x, r, w, b, sum, y, mean, rstd, rows, n, eps, stream, prefetch,    \
+            NAME(fwd_rows)(x, r, w, b, sum, y, mean, rstd, rows, n, eps, stream, prefetch, 0, \
                            HAS_R, RMS);                                                       \
         else                                                                                  \
-            NAME(fwd_rows)(x, r, w, b, sum, y, mean, rstd, rows, n, eps, 0, 0, HAS_R, RMS);  \
+            NAME(fwd_rows)(x, r, w, b, sum, y, mean, rstd, rows, n, eps, 0, 0, 0, HAS_R,      \
+                           RMS);                                                              \
     } while (0)
-    if (flags & FASTLN_RMS) {
-        if (r != NULL)
-            FASTLN_FWD_ROWS(1, 1);
-        else
-            FASTLN_FWD_ROWS(0, 1);
-    } else {
-        if (r != NULL)
-            FASTLN_FWD_ROWS(1, 0);
-        else
-            FASTLN_FWD_ROWS(0, 0);
-    }
+    FASTLN_BY_KIND(FASTLN_FWD_ROWS);
 #undef FASTLN_FWD_ROWS
 }
 
@@ -1102,3 +1190,4 @@ static TARGET void NAME(sum_blocks)(double *restrict parts, Py_ssize_t nblocks, 
 #undef FASTLN_LANES_REDUCE
 #undef FASTLN_SUM_STEP
 #undef FASTLN_CHAN_STEP
+#undef FASTLN_BY_KIND
