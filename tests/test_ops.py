@@ -96,6 +96,20 @@ def test_rows_with_a_large_mean(rng, simd_path, name, offset, scale, n, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_rows_whose_first_values_sit_apart(rng, simd_path, dtype):
+    # The forward centres each lane of a row on the mean of its first values. Where those sit
+    # far from the rest (the first 64 values shifted, or one huge value among them), one pass
+    # about them would lose digits in float32: such rows are measured again in two passes.
+    n = 8192
+    x = np.zeros((8, n))
+    x[:4, :64] = 1e4 + 0.3               # one pass: y off by over 1e-6 of max|y| in float32
+    x[4:, 3] = 1e4 + 0.3
+    x[6:] += 1e-3 * rng.standard_normal((2, n))
+    x = x.astype(dtype)
+    _check_forward_backward(x, n, None, None, dtype, rng=rng)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_four_consecutive_integers_far_from_zero(dtype):
     x = np.array([[40000, 40001, 40002, 40003]], dtype=dtype)
     y, mean, rstd = fastln.layer_norm_forward(x, 4, eps=0.0)
