@@ -147,6 +147,29 @@ def test_half_large_calls_stream_with_the_same_bits(rng, simd_path, dtype, offse
     assert_ulps(y[:2], reference.layer_norm(x[:2], n, w, b), dtype)
 
 
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+@pytest.mark.parametrize("rows, n", [(9, 770), (9, 1027), ((16 << 20) // (2 * 1027) + 3, 1027)])
+def test_half_rows_written_in_pieces_keep_their_bits(rng, simd_path, dtype, rows, n):
+    """Rows of 512 values and more are written in pieces between the blocks of the next row's
+    statistics: float16 LayerNorm in small calls, every norm in calls from memory whose rows are
+    too short to stream (under 4 KiB). Every row comes out as it does alone, with no next row;
+    the rows start off the vector alignment."""
+    x = rng.standard_normal(rows * n + 1).astype(dtype)[1:].reshape(rows, n)
+    r = rng.standard_normal((rows, n)).astype(dtype)
+    w = rng.standard_normal(n).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    calls = [lambda a, s: fastln.layer_norm(a, n, w, b),
+             lambda a, s: fastln.rms_norm(a, n, w),
+             lambda a, s: fastln.add_layer_norm(a, s, n, w, b)[0],
+             lambda a, s: fastln.add_rms_norm(a, s, n, w)[0]]
+    for f in calls:
+        whole = f(x, r)
+        for i in (0, 1, 2, rows - 1):
+            np.testing.assert_array_equal(whole[i].view(np.uint16),
+                                          f(x[i:i + 1], r[i:i + 1])[0].view(np.uint16))
+    assert_ulps(fastln.layer_norm(x[:2], n, w, b), reference.layer_norm(x[:2], n, w, b), dtype)
+
+
 def test_conversions_round_to_nearest_even(simd_path):
     """The kernels widen every 16-bit value exactly and narrow float32 like NumPy and ml_dtypes
     (nearest, ties to even), overflow, subnormals, inf and NaN included."""

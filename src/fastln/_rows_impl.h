@@ -746,20 +746,21 @@ NAME(fwd_rows)(const D *x, const D *r, const T *restrict w, const T *restrict b,
      * 16-bit short rows and all long ones took 1.2-1.3x the time. */
     if (has_r && !(fused && prefetch == 1))
         prefetch = 0;
+    const int ahead_row = early || pieces;      /* statistics formed a row ahead */
     const Py_ssize_t near = row_bytes ? (Py_ssize_t)(6143 / row_bytes) + 1 : 1,
-                     dist = near > 1 + early ? near : 1 + early;
+                     dist = near > 1 + ahead_row ? near : 1 + ahead_row;
     const Py_ssize_t ahead = prefetch == 2   ? 4096
                              : prefetch == 1 ? dist * n * (Py_ssize_t)sizeof(D)
                                              : 0;
-    const int shift = prefetch == 1;
-    /* pieces (float32 and float64 rows of 4 vectors and more whose data stays in the L2 caches,
-     * see norm_fwd): the output sweep of a row runs in pieces, one after each block of the next
-     * row's statistics sweep, so that the out-of-order core always has independent loads and
-     * stores to run beside the statistics' dependent sums, and the row's square root and
-     * division are done long before its output needs them. */
+    /* pieces (see norm_fwd for which rows): the output sweep of a row runs in pieces, one after
+     * each block of the next row's statistics sweep, so that the out-of-order core always has
+     * independent loads and stores to run beside the statistics' dependent sums, and the row's
+     * square root and division are done long before its output needs them. There is then no
+     * output sweep of its own: the statistics sweep fetches the whole row `dist` rows on. */
+    const int shift = prefetch == 1 && !pieces;
     const NAME(outrow) idle = {0};
     NAME(rowstat) st, next;
-    if ((early || pieces) && rows > 0)
+    if (ahead_row && rows > 0)
         next = NAME(fwd_stats)(x, r, sum, mean, rstd, 0, n, eps, ahead, shift, idle, 0, has_r,
                                fused, rms);
     for (Py_ssize_t row = 0; row < rows; row++) {
@@ -850,18 +851,16 @@ NAME(fwd_rows)(const D *x, const D *r, const T *restrict w, const T *restrict b,
         }                                                                                     \
     } while (0)
 
-/* norm_fwd's copy for float32 and float64 rows written in pieces (see there), a function of its
- * own: inlined into norm_fwd beside the other copies, it made them slower (float32 add +
+/* norm_fwd's copy for rows written in pieces (see there), without streaming stores, a function
+ * of its own: inlined into norm_fwd beside the other copies, it made them slower (float32 add +
  * RMSNorm on 2048 x 768, 1.08x the time, Zen 5, one thread). */
 static TARGET FASTLN_NOINLINE void NAME(fwd_pieces)(const D *x, const D *r, const T *w,
                                                     const T *b, D *sum, D *y, T *mean,
                                                     T *rstd, Py_ssize_t rows, Py_ssize_t n,
-                                                    double eps, int flags)
+                                                    double eps, int flags, int prefetch)
 {
-    if (sizeof(D) != sizeof(T))
-        return;
 #define FASTLN_PIECES(HAS_R, RMS)                                                             \
-    NAME(fwd_rows)(x, r, w, b, sum, y, mean, rstd, rows, n, eps, 0, 0, 1, HAS_R, RMS)
+    NAME(fwd_rows)(x, r, w, b, sum, y, mean, rstd, rows, n, eps, 0, prefetch, 1, HAS_R, RMS)
     FASTLN_BY_KIND(FASTLN_PIECES);
 #undef FASTLN_PIECES
 }
@@ -894,11 +893,27 @@ static TARGET void NAME(norm_fwd)(const D *x, const D *r, const T *w, const T *b
      * Zen 5, one thread, against each row's output after its statistics: 64 x 768 float32 0.83x
      * the time, with the residual add 0.82x, RMSNorm 0.9x; 256 x 256 0.82x; 8 x 4096 0.9x;
      * float64 0.84x. Data in the L3 cache gained less or lost (the residual add 1.1-1.3x the
-     * time on 2048 x 768, two threads), float16 and bfloat16 (whose statistics are formed a row
-     * early instead) 0.91-1.1x, and rows of fewer vectors, with the choice tested in the row
-     * loop, 1.02-1.2x. */
-    if (!large && (flags & FASTLN_IN_L2) && sizeof(D) == sizeof(T) && n >= 4 * W) {
-        NAME(fwd_pieces)(x, r, w, b, sum, y, mean, rstd, rows, n, eps, flags);
+     * time on 2048 x 768, two threads), and rows of fewer vectors, with the choice tested in
+     * the row loop, 1.02-1.2x.
+     * 16-bit rows of 512 values and more (whose statistics are otherwise formed a row early) are
+     * written in pieces too: float16 LayerNorm whenever y does not stream (cached, 64 x 768
+     * 0.92x the time, 48 x 1024 with the residual add 0.9x; from the L3 cache 4096 x 768 0.9x,
+     * 2048 x 1024 with the add 0.89x), and every 16-bit norm from memory whose y does not
+     * stream (rows under 4 KiB): float16 LayerNorm 16384 x 1024 0.73x, with the add 0.88x,
+     * RMSNorm 0.83x, bfloat16 0.86x, RMSNorm 0.8x. Cached, bfloat16 and 16-bit RMSNorm took
+     * 1.0-1.05x the time, 16-bit rows of 256 1.07x. */
+#if defined(FASTLN_HALF) && FASTLN_HALF == 1
+    const int float16 = 1;
+#else
+    const int float16 = 0;
+#endif
+    const int rms = (flags & FASTLN_RMS) != 0;
+    const int pieces = sizeof(D) == sizeof(T)
+                           ? !large && (flags & FASTLN_IN_L2) && n >= 4 * W
+                           : (size_t)n * sizeof(D) >= 1024 && !stream &&
+                                 (large || (float16 && !rms));
+    if (pieces) {
+        NAME(fwd_pieces)(x, r, w, b, sum, y, mean, rstd, rows, n, eps, flags, prefetch);
         return;
     }
 #define FASTLN_FWD_ROWS(HAS_R, RMS)                                                           \
