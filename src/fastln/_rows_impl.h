@@ -487,7 +487,8 @@ static TARGET FASTLN_ALWAYS_INLINE void NAME(fwd_span)(const NAME(outrow) o, Py_
 
 /* The moments of the vector part of one row s (x, or x + r; its first nvec * W elements) about
  * the row's pivot: *mu = mean(s - pivot), *m2 = sum((s - mean(s))^2), in two passes per block
- * (see row_moments for when). `ahead` and `shift` as for fetch_block.
+ * (see row_moments for when). `ahead` and `shift` as for fetch_block; with pend, the vectors of
+ * `pending` are written along the way, as in row_moments.
  *
  * Lane l of the W lanes sees elements l, l + W, l + 2W, ... The row is read in blocks of BLOCK
  * vectors (the last may be shorter). A block's per-lane mean and M2 (block_moments, in T) are
@@ -495,8 +496,8 @@ static TARGET FASTLN_ALWAYS_INLINE void NAME(fwd_span)(const NAME(outrow) o, Py_
  * Welford's update taken a block at a time; then the lanes pairwise (Chan). */
 static TARGET FASTLN_ALWAYS_INLINE void
 NAME(vector_moments_blocks)(const D *x, const D *r, const int has_r, Py_ssize_t nvec, T pivot,
-                            Py_ssize_t ahead, const int shift, double *restrict mu,
-                            double *restrict m2)
+                            Py_ssize_t ahead, const int shift, const NAME(outrow) pending,
+                            const int pend, double *restrict mu, double *restrict m2)
 {
     LANES mean = NAME(lanes_zero)(), lm2 = mean;
     const V pv = NAME(splat)(pivot);
@@ -513,6 +514,8 @@ NAME(vector_moments_blocks)(const D *x, const D *r, const int has_r, Py_ssize_t 
         /* Chan: n = n_a + n_b, mean += delta n_b / n, M2 += M2_b + delta^2 n_a n_b / n */
         const double na = (double)done, nb = (double)len;
         NAME(chan_merge)(&mean, &lm2, bm, bq, nb / (na + nb), na * nb / (na + nb));
+        if (pend)
+            NAME(fwd_span)(pending, done, done + len, has_r, 0);
         done += len;
     }
     /* Lanes have equal counts. */
@@ -526,7 +529,8 @@ static TARGET FASTLN_NOINLINE void NAME(vector_moments_again)(const D *x, const 
                                                               T pivot, double *restrict mu,
                                                               double *restrict m2)
 {
-    NAME(vector_moments_blocks)(x, r, has_r, nvec, pivot, 0, 0, mu, m2);
+    const NAME(outrow) idle = {0};
+    NAME(vector_moments_blocks)(x, r, has_r, nvec, pivot, 0, 0, idle, 0, mu, m2);
 }
 
 /* Moments of one row s (x, or x + r) about its pivot: *mean = mean(s - pivot),
@@ -556,7 +560,8 @@ NAME(row_moments)(const D *x, const D *r, const int has_r, Py_ssize_t n, T pivot
     const Py_ssize_t nvec = n / W;
     double mu = 0.0, q = 0.0;
     if (nvec > 0 && has_r && ahead) {
-        NAME(vector_moments_blocks)(x, r, has_r, nvec, pivot, ahead, shift, &mu, &q);
+        NAME(vector_moments_blocks)(x, r, has_r, nvec, pivot, ahead, shift, pending, pend, &mu,
+                                    &q);
     } else if (nvec > 0) {
         const int first = nvec < 4 ? (int)nvec : 4;
         V pv = NAME(vat)(x, r, has_r, 0);
