@@ -289,8 +289,8 @@ static TARGET FASTLN_ALWAYS_INLINE void NAME(chan_merge)(LANES *restrict mean,
 #endif
 }
 
-/* Per lane, from the sums ls = sum(s - pv) and lq = sum((s - pv)^2) of its values, count
- * 1 / inv: the mean about x0, pv - x0 + ls / count, and M2 = lq - ls^2 / count, in double. */
+/* From each lane's sums ls = sum(s - pv) and lq = sum((s - pv)^2) over its count = 1 / inv
+ * values: its mean about x0, pv - x0 + ls / count, and its M2, lq - ls^2 / count, in double. */
 static TARGET FASTLN_ALWAYS_INLINE void NAME(lanes_moments)(LANES ls, LANES lq, V pv, double x0,
                                                            double inv, LANES *restrict mean,
                                                            LANES *restrict m2)
@@ -548,10 +548,11 @@ static TARGET FASTLN_NOINLINE void NAME(vector_moments_again)(const D *x, const 
  * randomly, whatever their offset, the sum of the squares over all lanes is about 1.25 M2; a
  * row where it exceeds 2 M2 (a pivot on an outlier, a row whose first values sit apart from
  * the rest), which one pass could leave a few parts in a million off in float32, is measured
- * again by vector_moments_blocks, which centres each block on its own mean. Zen 5, one thread, against that for every row: the forward took 0.82x the time in
- * float16 (rows of 768 and 4096), 0.88x in bfloat16, 0.9-0.95x in float32 and float64. The
- * residual add from memory (ahead) keeps the two passes: with one, it took 1.03-1.06x the
- * time (float32 and float64 rows of 768; 1.05x from Python, float64, two threads). */
+ * again by vector_moments_blocks, which centres each block on its own mean. Zen 5, one thread,
+ * against two passes for every row: the forward took 0.82x the time in float16 (rows of 768
+ * and 4096), 0.88x in bfloat16, 0.9-0.95x in float32 and float64. The residual add from
+ * memory (ahead) keeps the two passes: with one, it took 1.03-1.06x the time (float32 and
+ * float64 rows of 768; 1.05x from Python, float64, two threads). */
 static TARGET FASTLN_ALWAYS_INLINE void
 NAME(row_moments)(const D *x, const D *r, const int has_r, Py_ssize_t n, T pivot,
                   Py_ssize_t ahead, const int shift, const NAME(outrow) pending, const int pend,
