@@ -84,3 +84,48 @@ def test_pooled_outputs_are_placed_like_their_input_when_one_is_free(rng):
         np.testing.assert_array_equal(z, fastln.layer_norm(x, 1024))
     finally:
         fastln.set_output_pool(1 << 30)
+
+
+def _half_dtypes():
+    out = [np.float16]
+    try:
+        out.append(fastln.bfloat16)
+    except ImportError:
+        pass
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES + _half_dtypes(), ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("offset", [16, 2])
+def test_streamed_backward_rows_off_alignment_keep_their_bits(rng, simd_path, dtype, offset):
+    """A backward large enough to stream dx starts each row's vectors where dx is aligned; the
+    columns before and after them are computed as parts of whole vectors, and between two rows
+    streamed as one vector (the tail of one row and the head of the next, across groups of rows
+    too). Each row comes out as it does alone, and dweight and dbias as with aligned arrays, with
+    rows that go through the exact double sweep (an rstd past 2^60) among them."""
+    n = 1024
+    size = np.dtype(dtype).itemsize
+    if offset % size:
+        pytest.skip("rows of this dtype cannot start at this offset")
+    rows = (16 << 20) // (3 * size * n) + 7                  # past the streaming threshold
+    x, dy, dsum = (rng.standard_normal((rows, n)).astype(dtype) for _ in range(3))
+    w = rng.standard_normal(n).astype(np.float32 if size == 2 else dtype)
+    _, mean, rstd = fastln.layer_norm_forward(x, n, w)
+    exact = [3, 4, 9, rows - 1]
+    rstd[exact] = 2.0 ** -62
+    want = fastln.layer_norm_backward(dy, x, mean, rstd, w)
+    want_rms = fastln.add_rms_norm_backward(dy, x, rstd, w, dsum)
+    xp, dyp, dsp = (placed(a, offset) for a in (x, dy, dsum))
+    _ops._pool.clear()                    # dx fresh, placed like dy (a free pooled one may not be)
+    got = fastln.layer_norm_backward(dyp, xp, mean, rstd, w)
+    got_rms = fastln.add_rms_norm_backward(dyp, xp, rstd, w, dsp)
+    assert got[0].ctypes.data % 64 == offset
+    for a, g in zip(want + want_rms, got + got_rms):
+        np.testing.assert_array_equal(g, a)
+    for i in list(range(12)) + [rows - 2, rows - 1]:
+        one = slice(i, i + 1)
+        np.testing.assert_array_equal(
+            got[0][i], fastln.layer_norm_backward(dyp[one], xp[one], mean[one], rstd[one], w)[0][0])
+        np.testing.assert_array_equal(
+            got_rms[0][i],
+            fastln.add_rms_norm_backward(dyp[one], xp[one], rstd[one], w, dsp[one])[0][0])

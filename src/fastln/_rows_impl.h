@@ -51,12 +51,18 @@ static TARGET inline void NAME(stream)(T *p, V v)
 
 /* The data (x, residual, y, sum, dy, dsum, dx) is stored as D: T, or 16-bit values that are
  * widened to T as they are loaded and rounded to nearest even as they are stored (see
- * _half_impl.h). weight, bias, mean and rstd are always T. */
+ * _half_impl.h). weight, bias, mean and rstd are always T. lds, sts and streams load, store and
+ * stream a vector of W values, ld1 and st1 one value; stream_copy streams W values of D from
+ * src to p (aligned as for streams) as they are. */
 #ifndef FASTLN_HALF
 typedef T NAME(data);
 static TARGET inline V NAME(lds)(const T *p) { return NAME(load)(p); }
 static TARGET inline void NAME(sts)(T *p, V v) { NAME(store)(p, v); }
 static TARGET inline void NAME(streams)(T *p, V v) { NAME(stream)(p, v); }
+static TARGET inline void NAME(stream_copy)(T *p, const T *src)
+{
+    NAME(stream)(p, NAME(load)(src));
+}
 static TARGET inline T NAME(ld1)(const T *p) { return *p; }
 static TARGET inline void NAME(st1)(T *p, T v) { *p = v; }
 #else
@@ -86,10 +92,17 @@ static TARGET inline void NAME(streams)(uint16_t *p, V v)
 {
     FASTLN_HCAT(hstore)(p, FASTLN_VPACK(v), 1);
 }
+static TARGET inline void NAME(stream_copy)(uint16_t *p, const uint16_t *src)
+{
+    FASTLN_HCAT(hbits) h;
+    memcpy(&h, src, sizeof h);
+    FASTLN_HCAT(hstore)(p, h, 1);
+}
 #else
 static TARGET inline V NAME(lds)(const uint16_t *p) { return NAME(ld1)(p); }
 static TARGET inline void NAME(sts)(uint16_t *p, V v) { NAME(st1)(p, v); }
 static TARGET inline void NAME(streams)(uint16_t *p, V v) { NAME(st1)(p, v); }
+static TARGET inline void NAME(stream_copy)(uint16_t *p, const uint16_t *src) { *p = *src; }
 #endif
 #undef FASTLN_H2F
 #undef FASTLN_F2H
@@ -1082,6 +1095,55 @@ NAME(bwd_cols)(const D *restrict dy, const D *restrict x, const T *restrict w,
     }
 }
 
+/* The columns [j + lo, j + hi) of bwd_cols' sweep over a group of nr rows (0 <= lo < hi <= W,
+ * 0 <= j <= n - W): the columns before `head` and after the last whole vector (see norm_bwd).
+ * The whole vector at column j is computed as bwd_cols computes one: row r's dx is stored to
+ * out + r * ostride (all W values; those outside [lo, hi) are the ones bwd_cols writes), and
+ * only the lanes [lo, hi) of the dweight and dbias shares are added to the stage (stw, stb; NULL:
+ * none) or the partials. Every column so comes out as it would in the vector sweep. Rows flagged
+ * in `exact` are skipped. */
+static TARGET void NAME(bwd_edge)(const D *restrict dy, const D *restrict x, const T *restrict w,
+                                  const D *restrict ds, D *restrict out, Py_ssize_t ostride,
+                                  T *restrict stw,
+                                  T *restrict stb, double *restrict dw_part,
+                                  double *restrict db_part, Py_ssize_t n, Py_ssize_t j, int lo,
+                                  int hi, int nr, const int *exact, const T kc[5][GROUP_ROWS],
+                                  const int rms, const int has_ds)
+{
+    const V wv = NAME(load)(w + j);
+    V dwa = NAME(splat)(0), dba = dwa;
+    for (int r = 0; r < nr; r++) {
+        if (exact[r])
+            continue;
+        const Py_ssize_t off = r * n + j;
+        const V dyv = NAME(lds)(dy + off), rsv = NAME(splat)(kc[1][r]);
+        V xhat;
+        if (rms)
+            xhat = NAME(lds)(x + off) * rsv;
+        else
+            xhat = NAME(fma)(NAME(lds)(x + off) - NAME(splat)(kc[0][r]), rsv,
+                             NAME(splat)(kc[2][r]));
+        V d = NAME(fma)(dyv * wv, rsv,
+                        NAME(fma)(xhat, NAME(splat)(kc[3][r]), NAME(splat)(kc[4][r])));
+        if (has_ds)
+            d += NAME(lds)(ds + off);
+        NAME(sts)(out + r * ostride, d);
+        dwa = NAME(fma)(dyv, xhat, dwa);
+        dba += dyv;
+    }
+    T sw[W], sb[W];
+    memcpy(sw, &dwa, sizeof sw);
+    memcpy(sb, &dba, sizeof sb);
+    for (int l = lo; l < hi; l++)
+        if (stw != NULL) {
+            stw[j + l] += sw[l];
+            stb[j + l] += sb[l];
+        } else {
+            dw_part[j + l] += (double)sw[l];
+            db_part[j + l] += (double)sb[l];
+        }
+}
+
 /* part[0:n] += stage[0:n] in double, the columns [head, vec_end) as whole vectors; clear: the
  * stage is then zeroed. */
 static TARGET void NAME(flush_stage)(T *restrict stage, double *restrict part, Py_ssize_t head,
@@ -1187,6 +1249,24 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
         memset(stw, 0, (size_t)n * sizeof(T));
         memset(stb, 0, (size_t)n * sizeof(T));     /* RMSNorm's scalar columns add to it too */
     }
+    /* The columns before `head` and after the last whole vector (the edges) are computed as
+     * parts of whole vectors (bwd_edge) wherever the row holds one. Done one value at a time,
+     * they (8 of 768 columns at each end of float16 rows 16 bytes off a 32-byte boundary, as
+     * NumPy places large arrays) made the streaming backward take 1.45x the time of rows that
+     * have none (Zen 5, one thread). Their dx is written before bwd_cols writes the group's
+     * vectors: with plain stores of the whole vectors, over columns that bwd_cols then writes
+     * with the same values; or, where rows stream (seams), as one streamed vector per pair of
+     * rows: a row's tail (W - head columns, as n is a multiple of W) and the next row's head
+     * fill the aligned vector between them, gathered in `pair` (pair[r][0]: row r - 1's tail
+     * vector, pair[r][1]: row r's head vector; the group's last tail waits in pair[0][0] for the
+     * next group). Written with plain stores into lines that the rest of the row streams, or
+     * streamed long before the other half of their line, the edges made it take 1.2x the time.
+     * Only the block's first head and last tail are written with plain stores. */
+    const int edges = n >= W && W > 1 && (head > 0 || vec_end < n);
+    const int seams = stream && head > 0;
+    const size_t head_bytes = (size_t)head * sizeof(D), tail_bytes = (size_t)(n - vec_end) *
+                                                                       sizeof(D);
+    D pair[GROUP_ROWS + 1][2][W];
     for (Py_ssize_t r0 = 0; r0 < rows; r0 += group) {
         const int nr = rows - r0 < group ? (int)(rows - r0) : group;
         if (stw != NULL && r0 > 0 && r0 % STAGE_ROWS == 0) {
@@ -1218,6 +1298,38 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
         }
         const Py_ssize_t off0 = r0 * n;
         const D *dsg = has_ds ? ds + off0 : NULL;
+        for (int r = 0; any_exact && r < nr; r++)
+            if (exact[r]) {
+                const Py_ssize_t off = (r0 + r) * n;
+                NAME(bwd_row_exact)(dy + off, x + off, (double)kc[0][r], (double)kc[1][r], w,
+                                    has_ds ? ds + off : NULL, dx + off, dw_part, db_part, n,
+                                    rms);
+            }
+        if (edges) {
+            const Py_ssize_t ostride = seams ? 2 * W : n;
+            if (head > 0)
+                NAME(bwd_edge)(dy + off0, x + off0, w, dsg, seams ? pair[0][1] : dx + off0,
+                               ostride, stw, stb, dw_part, db_part, n, 0, 0, (int)head, nr,
+                               exact, kc, rms, has_ds);
+            if (vec_end < n)
+                NAME(bwd_edge)(dy + off0, x + off0, w, dsg,
+                               seams ? pair[1][0] : dx + off0 + (n - W), ostride, stw, stb,
+                               dw_part, db_part, n, n - W, (int)(vec_end - (n - W)), W, nr,
+                               exact, kc, rms, has_ds);
+            for (int r = 0; seams && r < nr; r++) {
+                D *row = dx + (r0 + r) * n;
+                if (exact[r]) {                 /* written whole by bwd_row_exact */
+                    memcpy(pair[r][1], row, head_bytes);
+                    memcpy(pair[r + 1][0] + head, row + vec_end, tail_bytes);
+                }
+                if (r0 + r > 0)                 /* the seam that ends with this row's head */
+                    NAME(stream_copy)(row - (n - vec_end), pair[r][0] + head);
+                else
+                    memcpy(row, pair[0][1], head_bytes);
+            }
+            if (seams)
+                memcpy(pair[0][0], pair[nr][0], sizeof pair[0][0]);
+        }
         /* On large data, short rows' groups are fetched from memory ahead, two groups on
          * (see bwd_cols). */
         const int fetch_next = prefetch && r0 + 3 * group <= rows;
@@ -1254,8 +1366,9 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
             FASTLN_COLS(nr, exact, stream, rms, has_ds, stw != NULL);
 #undef FASTLN_FULL_GROUP
 #undef FASTLN_COLS
-        /* The columns before `head` and after the last whole vector, one at a time. */
-        for (Py_ssize_t k = 0; k < head + (n - vec_end); k++) {
+        /* The columns before `head` and after the last whole vector, one at a time where the
+         * row holds no whole vector (see `edges`). */
+        for (Py_ssize_t k = 0; !edges && k < head + (n - vec_end); k++) {
             const Py_ssize_t j = k < head ? k : vec_end + (k - head);
             T dwa = 0, dba = 0;
             for (int r = 0; r < nr; r++) {
@@ -1278,14 +1391,9 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
                 db_part[j] += (double)dba;
             }
         }
-        for (int r = 0; any_exact && r < nr; r++)
-            if (exact[r]) {
-                const Py_ssize_t off = (r0 + r) * n;
-                NAME(bwd_row_exact)(dy + off, x + off, (double)kc[0][r], (double)kc[1][r], w,
-                                    has_ds ? ds + off : NULL, dx + off, dw_part, db_part, n,
-                                    rms);
-            }
     }
+    if (seams && rows > 0)
+        memcpy(dx + (rows - 1) * n + vec_end, pair[0][0] + head, tail_bytes);
     if (stw != NULL) {
         NAME(flush_stage)(stw, dw_part, head, vec_end, n, 0);
         if (!rms)
