@@ -1104,8 +1104,7 @@ NAME(bwd_cols)(const D *restrict dy, const D *restrict x, const T *restrict w,
  * in `exact` are skipped. */
 static TARGET void NAME(bwd_edge)(const D *restrict dy, const D *restrict x, const T *restrict w,
                                   const D *restrict ds, D *restrict out, Py_ssize_t ostride,
-                                  T *restrict stw,
-                                  T *restrict stb, double *restrict dw_part,
+                                  T *restrict stw, T *restrict stb, double *restrict dw_part,
                                   double *restrict db_part, Py_ssize_t n, Py_ssize_t j, int lo,
                                   int hi, int nr, const int *exact, const T kc[5][GROUP_ROWS],
                                   const int rms, const int has_ds)
@@ -1298,6 +1297,7 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
         }
         const Py_ssize_t off0 = r0 * n;
         const D *dsg = has_ds ? ds + off0 : NULL;
+        /* Rows the T sweep cannot take first, whole: a seam may hold their head or tail. */
         for (int r = 0; any_exact && r < nr; r++)
             if (exact[r]) {
                 const Py_ssize_t off = (r0 + r) * n;
