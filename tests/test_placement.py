@@ -113,10 +113,13 @@ def test_streamed_backward_rows_off_alignment_keep_their_bits(rng, simd_path, dt
     _, mean, rstd = fastln.layer_norm_forward(x, n, w)
     exact = [3, 4, 9, rows - 1]
     rstd[exact] = 2.0 ** -62
-    want = fastln.layer_norm_backward(dy, x, mean, rstd, w)
-    want_rms = fastln.add_rms_norm_backward(dy, x, rstd, w, dsum)
-    xp, dyp, dsp = (placed(a, offset) for a in (x, dy, dsum))
+    xa, dya, dsa = (placed(a, 0) for a in (x, dy, dsum))        # NumPy's own sit at 16
     _ops._pool.clear()                    # dx fresh, placed like dy (a free pooled one may not be)
+    want = fastln.layer_norm_backward(dya, xa, mean, rstd, w)
+    want_rms = fastln.add_rms_norm_backward(dya, xa, rstd, w, dsa)
+    assert want[0].ctypes.data % 64 == 0
+    xp, dyp, dsp = (placed(a, offset) for a in (x, dy, dsum))
+    _ops._pool.clear()
     got = fastln.layer_norm_backward(dyp, xp, mean, rstd, w)
     got_rms = fastln.add_rms_norm_backward(dyp, xp, rstd, w, dsp)
     assert got[0].ctypes.data % 64 == offset
