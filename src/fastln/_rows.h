@@ -129,6 +129,26 @@ typedef struct {
 #endif
 #define REGISTER_BYTES 64
 #include "_rows_path.h"
+
+/* avx512 with AVX512_BF16 (Zen 4 and later, Cooper Lake, Sapphire Rapids and later), which
+ * rounds float32 to bfloat16 in one instruction: the bfloat16 kernels compiled again, the others
+ * avx512's. Compilers from before it (GCC 10, clang 9) build without this path. */
+#if defined(__clang__) ? __clang_major__ >= 9 : __GNUC__ >= 10
+#define FASTLN_BF16_PATH 1
+#define FASTLN_NATIVE_BF16 1
+#define FASTLN_PATH avx512bf16
+#if defined(__clang__)
+#define TARGET                                                                               \
+    __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")))
+#else
+#define TARGET                                                                               \
+    __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c,"    \
+                          "prefer-vector-width=512")))
+#endif
+#define REGISTER_BYTES 64
+#include "_rows_path.h"
+#undef FASTLN_NATIVE_BF16
+#endif
 #endif /* FASTLN_X86_DISPATCH */
 
 #define FASTLN_TABLE(path)                                                                    \
@@ -145,6 +165,12 @@ static const fastln_kernels fastln_paths[] = {
 #if FASTLN_X86_DISPATCH
     FASTLN_TABLE(avx2),
     FASTLN_TABLE(avx512),
+#if FASTLN_BF16_PATH
+    {"avx512bf16",
+     norm_fwd_avx512_f32, norm_fwd_avx512_f64, norm_fwd_avx512_f16, norm_fwd_avx512bf16_bf16,
+     norm_bwd_avx512_f32, norm_bwd_avx512_f64, norm_bwd_avx512_f16, norm_bwd_avx512bf16_bf16,
+     sum_blocks_avx512_f32, sum_blocks_avx512_f64},
+#endif
 #endif
 };
 #define FASTLN_NPATHS ((int)(sizeof(fastln_paths) / sizeof(fastln_paths[0])))
@@ -157,6 +183,13 @@ static int fastln_f16c(void)
     unsigned int eax, ebx, ecx, edx;
     return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx >> 29 & 1u);
 }
+
+/* AVX512_BF16: CPUID leaf 7, subleaf 1, EAX bit 5 (also beyond older compilers' names). */
+static int fastln_avx512bf16(void)
+{
+    unsigned int eax, ebx, ecx, edx;
+    return __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && (eax >> 5 & 1u);
+}
 #endif
 
 /* 1 if the running CPU can execute path i. */
@@ -166,10 +199,11 @@ static int fastln_path_supported(int i)
     __builtin_cpu_init();
     if (i == 1)
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && fastln_f16c();
-    if (i == 2)
+    if (i >= 2)
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-               __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && fastln_f16c();
+               __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               fastln_f16c() && (i == 2 || fastln_avx512bf16());
 #endif
     return i == 0;
 }
