@@ -187,7 +187,7 @@ static TARGET inline NAME(hbits) NAME(vpack_bf16)(NAME(fvec) v)
 {
 #if FASTLN_X86_DISPATCH && REGISTER_BYTES == 64
 #if FASTLN_NATIVE_BF16
-    if (__builtin_expect(_mm512_fpclass_ps_mask((__m512)v, 0x20) == 0, 1))   /* subnormal */
+    if (__builtin_expect(_mm512_fpclass_ps_mask((__m512)v, 0x20) == 0, 1))   /* no subnormal */
         return (__m256i)_mm512_cvtneps_pbh((__m512)v);
 #endif
     const __m512i bits = _mm512_mask_blend_epi32(

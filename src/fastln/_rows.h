@@ -1,9 +1,10 @@
 /* The row kernels, compiled once per SIMD path, and the run-time choice between them.
  *
  * The default build targets the compiler's baseline (x86-64 = SSE2). On x86-64 with GCC or clang,
- * _rows_impl.h is compiled again with target attributes for AVX2+FMA and for AVX-512, and
- * fastln_select() picks the widest path the running CPU supports, so one wheel runs everywhere
- * and uses wide vectors where they exist. No flag reads the build machine's CPU.
+ * _rows_impl.h is compiled again with target attributes for AVX2+FMA and for AVX-512 (and its
+ * bfloat16 kernels once more for AVX512_BF16), and _select_simd_path (_cpu.pyx) picks the widest
+ * path the running CPU supports, so one wheel runs everywhere and uses wide vectors where they
+ * exist. No flag reads the build machine's CPU.
  */
 #ifndef FASTLN_ROWS_H
 #define FASTLN_ROWS_H
@@ -134,7 +135,7 @@ typedef struct {
  * rounds float32 to bfloat16 in one instruction: the bfloat16 kernels compiled again, the others
  * avx512's. Compilers from before it (GCC 10, clang 9) build without this path. */
 #if defined(__clang__) ? __clang_major__ >= 9 : __GNUC__ >= 10
-#define FASTLN_BF16_PATH 1
+#define FASTLN_BF16_PATH 1     /* path 3 */
 #define FASTLN_NATIVE_BF16 1
 #define FASTLN_PATH avx512bf16
 #if defined(__clang__)
@@ -150,6 +151,9 @@ typedef struct {
 #undef FASTLN_NATIVE_BF16
 #endif
 #endif /* FASTLN_X86_DISPATCH */
+#ifndef FASTLN_BF16_PATH
+#define FASTLN_BF16_PATH 0
+#endif
 
 #define FASTLN_TABLE(path)                                                                    \
     {#path,                                                                                   \
@@ -183,8 +187,10 @@ static int fastln_f16c(void)
     unsigned int eax, ebx, ecx, edx;
     return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx >> 29 & 1u);
 }
+#endif
 
-/* AVX512_BF16: CPUID leaf 7, subleaf 1, EAX bit 5 (also beyond older compilers' names). */
+#if FASTLN_BF16_PATH
+/* AVX512_BF16: CPUID leaf 7, subleaf 1, EAX bit 5. */
 static int fastln_avx512bf16(void)
 {
     unsigned int eax, ebx, ecx, edx;
@@ -199,11 +205,14 @@ static int fastln_path_supported(int i)
     __builtin_cpu_init();
     if (i == 1)
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && fastln_f16c();
+#if FASTLN_BF16_PATH
+    if (i == 3 && !fastln_avx512bf16())
+        return 0;
+#endif
     if (i >= 2)
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-               __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-               fastln_f16c() && (i == 2 || fastln_avx512bf16());
+               __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && fastln_f16c();
 #endif
     return i == 0;
 }
