@@ -186,8 +186,8 @@ def test_conversions_round_to_nearest_even(simd_path):
         ties = finite + ulp / 2                                   # exact midpoints
         # float32 subnormals (bfloat16 has them too; AVX512_BF16's rounding takes them as zero),
         # alone and among normal values in a vector
-        sub = rng.integers(1, 1 << 23, 64, dtype=np.uint32) | (rng.integers(0, 2, 64, dtype=np.uint32)
-                                                                 << 31)
+        sign = rng.integers(0, 2, 64, dtype=np.uint32) << 31
+        sub = rng.integers(1, 1 << 23, 64, dtype=np.uint32) | sign
         sub = np.concatenate([sub, [1, 0x7fffff, 0x807fffff, 0x7f8000, 0x8000]]).astype(np.uint32)
         f32 = np.concatenate([wide, ties, finite + ulp / 3, [np.nan, np.inf, -np.inf, 7e4, -7e4,
                                                           65519.0, 65520.0, 1e-8, -3e-8],
