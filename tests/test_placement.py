@@ -6,7 +6,7 @@ import pytest
 from _helpers import DTYPES, placed
 
 import fastln
-from fastln import _ops
+from fastln import _cpu, _ops
 
 
 def _offsets(dtype):
@@ -103,8 +103,9 @@ def test_streamed_backward_rows_off_alignment_keep_their_bits(rng, simd_path, dt
     streamed as one vector (the tail of one row and the head of the next, across groups of rows
     too). Each row comes out as it does alone, and dweight and dbias as with aligned arrays, with
     rows that go through the exact double sweep (an rstd past 2^60) among them."""
-    n = 1024
     size = np.dtype(dtype).itemsize
+    # 16-bit rows of 1024 values, 2 KiB apart, are not streamed on AVX2 (see the test below).
+    n = 768 if size == 2 else 1024
     if offset % size:
         pytest.skip("rows of this dtype cannot start at this offset")
     rows = (16 << 20) // (3 * size * n) + 7                  # past the streaming threshold
@@ -132,3 +133,40 @@ def test_streamed_backward_rows_off_alignment_keep_their_bits(rng, simd_path, dt
         np.testing.assert_array_equal(
             got_rms[0][i],
             fastln.add_rms_norm_backward(dyp[one], xp[one], rstd[one], w, dsp[one])[0][0])
+
+
+def _in_page(a, offset):
+    """A copy of `a` whose data starts `offset` bytes past a 4 KiB boundary."""
+    buf = np.empty(a.nbytes + 8192, np.uint8)
+    start = (-buf.ctypes.data) % 4096 + offset
+    out = buf[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES + _half_dtypes(), ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("n", [1024, 1040])
+def test_backward_gives_the_same_bits_wherever_dx_is(rng, simd_path, dtype, n):
+    """A backward large enough to stream dx writes it with plain stores instead where streamed
+    ones would keep the CPU's write-combining buffers from filling (dx a little ahead of x or
+    dy modulo 4 KiB; rows of 16-bit data 2 KiB apart), and then aligns its vectors to dy rather
+    than dx. dx, dweight and dbias come out the same either way."""
+    size = np.dtype(dtype).itemsize
+    rows = (16 << 20) // (3 * size * n) + 5                  # past the streaming threshold
+    x, dy = (_in_page(rng.standard_normal((rows, n)).astype(dtype), 0) for _ in range(2))
+    stat = np.float32 if size == 2 else dtype
+    w = rng.standard_normal(n).astype(stat)
+    _, mean, rstd = fastln.layer_norm_forward(x, n, w)
+    results = []
+    # dx with x and dy; 16 and 64 bytes ahead of them; 16 bytes ahead, far from them.
+    for dx_offset in (0, 16, 64, 2064):
+        dx = _in_page(np.zeros_like(x), dx_offset)
+        dw, db = np.empty(n, stat), np.empty(n, stat)
+        _cpu.norm_backward(_ops._kind(x.dtype), dy, x, mean, rstd, w, None, dx, dw, db, False)
+        results.append((dx, dw, db))
+    for dx_offset, got in zip((16, 64, 2064), results[1:]):
+        for name, a, g in zip(("dx", "dweight", "dbias"), results[0], got):
+            np.testing.assert_array_equal(g, a, err_msg=f"{name}, dx {dx_offset} bytes on")
+    want = fastln.layer_norm_backward(dy, x, mean, rstd, w)
+    for a, g in zip(want, results[0]):
+        np.testing.assert_array_equal(g, a)

@@ -1166,6 +1166,41 @@ static TARGET void NAME(flush_stage)(T *restrict stage, double *restrict part, P
     }
 }
 
+/* Whether streaming dx (non-temporal stores, which fill a write-combining buffer per cache line
+ * until the line is complete) would make the CPU flush those buffers half full, for a group of
+ * `group` rows of n values. It compares addresses modulo 4 KiB, as the CPU does first:
+ *  - 16-byte stores (16-bit data on AVX2), which take four vectors, and so four steps of
+ *    bwd_cols, to fill a line: two rows of a group whose lines fall on the same 4 KiB offset
+ *    (rows of 1024 or 2048 float16 values, 2 or 4 KiB apart);
+ *  - groups of 2 (long rows, not fetched ahead): a row of dx less than 384 bytes ahead of a
+ *    row of x, dy or ds, which the next steps of the sweep then read.
+ * Zen 3, one thread, such backwards took 4-8x the time with non-temporal stores as with plain
+ * ones (float32 rows of 1024 with dx 32 to 256 bytes ahead of x; float16 rows of 1024 and
+ * 2048 wherever dx was), against 0.65-1.0x elsewhere. Rows of up to 768 float32 values, which
+ * are fetched ahead, lost nothing to dx ahead of x. */
+static TARGET int NAME(wc_conflict)(const D *dy, const D *x, const D *ds, const D *dx,
+                                    Py_ssize_t n, int group)
+{
+    const uintptr_t row = (uintptr_t)n * sizeof(D);
+    if (W * sizeof(D) < 32)
+        for (int d = 1; d < group; d++) {
+            const uintptr_t m = row * (uintptr_t)d % 4096;
+            if (m < 128 || m > 4096 - 128)
+                return 1;
+        }
+    if (group == GROUP_ROWS)
+        return 0;
+    const D *in[3] = {x, dy, ds};
+    for (int a = 0; a < 3; a++)
+        for (int d = -(group - 1); in[a] != NULL && d < group; d++) {
+            /* How far row r of dx is ahead of row r + d of in[a], modulo 4 KiB. */
+            const uintptr_t ahead = ((uintptr_t)dx - (uintptr_t)in[a] - row * (uintptr_t)d) % 4096;
+            if (ahead > 0 && ahead <= 384)
+                return 1;
+        }
+    return 0;
+}
+
 /* Backward over a block of rows, fused: one sweep of reductions per row, then one sweep over a
  * group of rows (GROUP_ROWS or 2) that writes their dx and adds their share of dweight and dbias
  * to the block's double partials. The shares are summed over the group in T and, where the
@@ -1188,6 +1223,12 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
                                   Py_ssize_t rows, Py_ssize_t n, int flags)
 {
     const int rms = (flags & FASTLN_RMS) != 0, has_ds = ds != NULL;
+    /* Groups of GROUP_ROWS rows while their x and dy fit in a 32 KiB level-1 cache with room to
+     * spare (float32 rows of up to 768 values), else of 2: the second sweep then reads them from
+     * there. Measured on Zen 4, one thread: 2-row groups take 0.7x the time of 4-row ones on
+     * cached rows of 1024 to 12288 float32 values; 4-row groups about 0.85x that of 2-row ones
+     * on 8192 x 768 from memory. */
+    const int group = (size_t)n * sizeof(D) * 2 * GROUP_ROWS <= 24576 ? GROUP_ROWS : 2;
     /* Rows of a whole number of vectors (W values: a register of T, half one of 16-bit data),
      * so that every row has the same alignment: the second sweep's vectors start at column
      * `head`, where dy is aligned to a vector (dx when streaming: streaming stores need it),
@@ -1197,10 +1238,12 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
      * time of aligned before, 1.15x now. 16-bit data that does not stream lost nothing to
      * misalignment, and its columns one at a time cost more, so it starts at 0. The first sweep
      * always starts at 0, so that the row sums, and with them the result, do not depend on
-     * where the arrays are. */
+     * where the arrays are. Rows whose streamed dx would make the CPU flush its write-combining
+     * buffers half full (wc_conflict) are written with plain stores. */
     const Py_ssize_t vec_bytes = W * (Py_ssize_t)sizeof(D);
     const int same_rows = (n * (Py_ssize_t)sizeof(D)) % vec_bytes == 0;
-    const int stream = (flags & FASTLN_STREAM) && same_rows;
+    const int stream = (flags & FASTLN_STREAM) && same_rows &&
+                       !NAME(wc_conflict)(dy, x, ds, dx, n, group);
     const uintptr_t anchor = stream ? (uintptr_t)dx : (uintptr_t)dy;
     Py_ssize_t head = same_rows && (sizeof(D) == sizeof(T) || stream)
                           ? (Py_ssize_t)((vec_bytes - anchor % vec_bytes) % vec_bytes / sizeof(D))
@@ -1208,12 +1251,6 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
     head = head < n ? head : n;
     const Py_ssize_t vec_end = head + (n - head) / W * W;
     const double inv_n = 1.0 / (double)n;
-    /* Groups of GROUP_ROWS rows while their x and dy fit in a 32 KiB level-1 cache with room to
-     * spare (float32 rows of up to 768 values), else of 2: the second sweep then reads them from
-     * there. Measured on Zen 4, one thread: 2-row groups take 0.7x the time of 4-row ones on
-     * cached rows of 1024 to 12288 float32 values; 4-row groups about 0.85x that of 2-row ones
-     * on 8192 x 768 from memory. */
-    const int group = (size_t)n * sizeof(D) * 2 * GROUP_ROWS <= 24576 ? GROUP_ROWS : 2;
     /* Data too large for the cache (FASTLN_STREAM, whether or not the dtype streams) in groups
      * of GROUP_ROWS short rows: 4 rows of up to 768 float32 values span pages that the
      * hardware prefetcher does not follow, and fetching them while the group before is
