@@ -158,7 +158,8 @@ def test_backward_gives_the_same_bits_wherever_dx_is(rng, simd_path, dtype, n):
     w = rng.standard_normal(n).astype(stat)
     _, mean, rstd = fastln.layer_norm_forward(x, n, w)
     results = []
-    # dx with x and dy; 16 and 64 bytes ahead of them; 16 bytes ahead, far from them.
+    # dx where x and dy are in their pages; 16 and 64 bytes ahead of them; 2064 bytes ahead,
+    # far enough to stream, with its vectors aligned 16 bytes from dy's.
     for dx_offset in (0, 16, 64, 2064):
         dx = _in_page(np.zeros_like(x), dx_offset)
         dw, db = np.empty(n, stat), np.empty(n, stat)
