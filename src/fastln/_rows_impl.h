@@ -915,22 +915,22 @@ static TARGET void NAME(norm_fwd)(const D *x, const D *r, const T *w, const T *b
      * time on 2048 x 768, two threads), and rows of fewer vectors, with the choice tested in
      * the row loop, 1.02-1.2x.
      * 16-bit rows of 512 values and more (whose statistics are otherwise formed a row early) are
-     * written in pieces too: float16 LayerNorm whenever y does not stream (cached, 64 x 768
+     * written in pieces too: float16 whenever y does not stream (LayerNorm cached, 64 x 768
      * 0.92x the time, 48 x 1024 with the residual add 0.9x; from the L3 cache 4096 x 768 0.9x,
      * 2048 x 1024 with the add 0.89x), and every 16-bit norm from memory whose y does not
      * stream (rows under 4 KiB): float16 LayerNorm 16384 x 1024 0.73x, with the add 0.88x,
-     * RMSNorm 0.83x, bfloat16 0.86x, RMSNorm 0.8x. Cached, bfloat16 and 16-bit RMSNorm took
-     * 1.0-1.05x the time, 16-bit rows of 256 1.07x. */
+     * RMSNorm 0.83x, bfloat16 0.86x, RMSNorm 0.8x. Cached, bfloat16 took 1.0-1.05x the time
+     * (Zen 3, AVX2: LayerNorm 1.1x), 16-bit rows of 256 1.07x; float16 RMSNorm took 1.0-1.05x on
+     * Zen 5 and 0.78-0.8x on Zen 3 (AVX2; 64 x 768 and 64 x 1024, 8192 x 768 0.74x), so it is
+     * written in pieces. */
 #if defined(FASTLN_HALF) && FASTLN_HALF == 1
     const int float16 = 1;
 #else
     const int float16 = 0;
 #endif
-    const int rms = (flags & FASTLN_RMS) != 0;
     const int pieces = sizeof(D) == sizeof(T)
                            ? !large && (flags & FASTLN_IN_L2) && n >= 4 * W
-                           : (size_t)n * sizeof(D) >= 1024 && !stream &&
-                                 (large || (float16 && !rms));
+                           : (size_t)n * sizeof(D) >= 1024 && !stream && (large || float16);
     if (pieces) {
         NAME(fwd_pieces)(x, r, w, b, sum, y, mean, rstd, rows, n, eps, flags, prefetch);
         return;
