@@ -52,11 +52,12 @@ def precise(a):
     return a
 
 
-def placed(a, offset):
-    """A copy of `a` whose data starts `offset` bytes past a 64-byte boundary."""
-    buf = np.empty(a.nbytes + 128, np.uint8)
-    start = (-buf.ctypes.data) % 64 + offset
+def placed(a, offset, boundary=64):
+    """A copy of `a` whose data starts `offset` bytes past a `boundary`-byte boundary (64: a
+    cache line; 4096: a page)."""
+    buf = np.empty(a.nbytes + 2 * boundary, np.uint8)
+    start = (-buf.ctypes.data) % boundary + offset
     out = buf[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
     out[...] = a
-    assert out.ctypes.data % 64 == offset
+    assert out.ctypes.data % boundary == offset
     return out

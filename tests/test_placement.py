@@ -135,15 +135,6 @@ def test_streamed_backward_rows_off_alignment_keep_their_bits(rng, simd_path, dt
             fastln.add_rms_norm_backward(dyp[one], xp[one], rstd[one], w, dsp[one])[0][0])
 
 
-def _in_page(a, offset):
-    """A copy of `a` whose data starts `offset` bytes past a 4 KiB boundary."""
-    buf = np.empty(a.nbytes + 8192, np.uint8)
-    start = (-buf.ctypes.data) % 4096 + offset
-    out = buf[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
-    out[...] = a
-    return out
-
-
 @pytest.mark.parametrize("dtype", DTYPES + _half_dtypes(), ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("n", [1024, 1040])
 def test_backward_gives_the_same_bits_wherever_dx_is(rng, simd_path, dtype, n):
@@ -153,7 +144,7 @@ def test_backward_gives_the_same_bits_wherever_dx_is(rng, simd_path, dtype, n):
     than dx. dx, dweight and dbias come out the same either way."""
     size = np.dtype(dtype).itemsize
     rows = (16 << 20) // (3 * size * n) + 5                  # past the streaming threshold
-    x, dy = (_in_page(rng.standard_normal((rows, n)).astype(dtype), 0) for _ in range(2))
+    x, dy = (placed(rng.standard_normal((rows, n)).astype(dtype), 0, 4096) for _ in range(2))
     stat = np.float32 if size == 2 else dtype
     w = rng.standard_normal(n).astype(stat)
     _, mean, rstd = fastln.layer_norm_forward(x, n, w)
@@ -161,7 +152,7 @@ def test_backward_gives_the_same_bits_wherever_dx_is(rng, simd_path, dtype, n):
     # dx where x and dy are in their pages; 16 and 64 bytes ahead of them; 2064 bytes ahead,
     # far enough to stream, with its vectors aligned 16 bytes from dy's.
     for dx_offset in (0, 16, 64, 2064):
-        dx = _in_page(np.zeros_like(x), dx_offset)
+        dx = placed(np.zeros_like(x), dx_offset, 4096)
         dw, db = np.empty(n, stat), np.empty(n, stat)
         _cpu.norm_backward(_ops._kind(x.dtype), dy, x, mean, rstd, w, None, dx, dw, db, False)
         results.append((dx, dw, db))
