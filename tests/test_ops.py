@@ -368,10 +368,12 @@ def test_cached_rows_written_in_pieces_keep_their_bits(rng, dtype, n):
             assert_close(y[i], reference.layer_norm(precise(x[i]), n, w, b), dtype)
 
 
-@pytest.mark.parametrize("n", [768, 1024, 1027])
+@pytest.mark.parametrize("n", [768, 1000, 1024, 1027])
 def test_large_backward_written_with_streaming_stores(rng, n):
     # dx is streamed once dy, x and dx come to 16 MiB, when a row is a whole number of vectors
-    # (n = 768, 1024); rows as short as 768 are also fetched a group ahead.
+    # (n = 768, 1000, 1024), a cache line of each row at a time (rows of 1000 float32 values
+    # are 32 bytes off the first row's line boundaries every other row); groups of rows are
+    # fetched ahead.
     x = rng.standard_normal(((16 << 20) // (3 * 4 * n) + 5, n)).astype(np.float32)
     dy = rng.standard_normal(x.shape).astype(np.float32)
     _, mean, rstd = fastln.layer_norm_forward(x, n)

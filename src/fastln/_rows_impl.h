@@ -1027,14 +1027,68 @@ static TARGET void NAME(bwd_row_exact)(const D *restrict dy, const D *restrict x
     }
 }
 
-/* The vector columns [from, to) of the backward's second sweep over a group of nr rows (dy, x,
- * ds and dx point at the group's first row): writes dx and adds the group's dweight and dbias
- * shares to the staged sums stw and stb (`staged`, float32; see norm_bwd), or else to the double
- * partials. Rows flagged in `exact` (NULL: none) are skipped. Per row r the
- * constants kc[0..4][r] are (see norm_bwd) the pivot p, rs = rstd, nsh = -shift * rs, nc = -c
- * and nrmg = -rs * mean(g):
+/* Column j of the backward's second sweep over a group of nr rows (dy, x and ds point at the
+ * group's first row): each row's dx vector in d[r], and the group's dweight and dbias shares
+ * added to the staged sums stw and stb (`staged`, float32; see norm_bwd), or else to the double
+ * partials. Rows flagged in `exact` (NULL: none) are skipped. Per row r, pv, rsv, nshv, ncv and
+ * nrmgv hold (see norm_bwd) the pivot p, rs = rstd, nsh = -shift * rs, nc = -c and
+ * nrmg = -rs * mean(g):
  *   xhat = (x - p) * rs + nsh,   dx = g * rs + (xhat * nc + nrmg),   g = dy * w,
  * seven operations per value with FMA, the sums for dweight and dbias included. */
+static TARGET FASTLN_ALWAYS_INLINE void
+NAME(bwd_vec)(const D *restrict dy, const D *restrict x, const T *restrict w,
+              const D *restrict ds, T *restrict stw, T *restrict stb, double *restrict dw_part,
+              double *restrict db_part, Py_ssize_t n, Py_ssize_t j, int nr, const int *exact,
+              const V *pv, const V *rsv, const V *nshv, const V *ncv, const V *nrmgv,
+              const int rms, const int has_ds, const int staged, const D *next_dy,
+              const D *next_x, V d[GROUP_ROWS])
+{
+    const V wv = NAME(load)(w + j);
+    V dwa = NAME(splat)(0), dba = NAME(splat)(0);
+    /* The same cache line of each row of a later group (next_x, next_dy; NULL: none),
+     * fetched for the level-2 cache (long rows' groups leave little room in level 1). */
+    if (next_x != NULL)
+        for (int r = 0; r < nr; r++) {
+            __builtin_prefetch(next_x + r * n + j, 0, 2);
+            __builtin_prefetch(next_dy + r * n + j, 0, 2);
+        }
+    for (int r = 0; r < nr; r++) {
+        if (exact != NULL && exact[r])
+            continue;
+        const Py_ssize_t off = r * n + j;
+        const V dyv = NAME(lds)(dy + off);
+        V xhat;
+        if (rms)
+            xhat = NAME(lds)(x + off) * rsv[r];
+        else
+            xhat = NAME(fma)(NAME(lds)(x + off) - pv[r], rsv[r], nshv[r]);
+        d[r] = NAME(fma)(dyv * wv, rsv[r], NAME(fma)(xhat, ncv[r], nrmgv[r]));
+        if (has_ds)
+            d[r] += NAME(lds)(ds + off);
+        dwa = NAME(fma)(dyv, xhat, dwa);
+        if (!rms)
+            dba += dyv;
+    }
+    if (staged) {
+        NAME(store)(stw + j, NAME(load)(stw + j) + dwa);
+        if (!rms)
+            NAME(store)(stb + j, NAME(load)(stb + j) + dba);
+    } else {
+        NAME(accumulate)(dw_part + j, dwa);
+        if (!rms)
+            NAME(accumulate)(db_part + j, dba);
+    }
+}
+
+/* The vector columns [from, to) of the backward's second sweep over a group of nr rows (dy, x,
+ * ds and dx point at the group's first row; see bwd_vec): writes dx, streamed with `stream`.
+ * Per row r the constants kc[0..4][r] are those of bwd_vec.
+ *
+ * Streamed dx is written a cache line of each row at a time, where a vector is less than a
+ * line: all rows' vectors of a line are computed, then stored row by row. Stored a vector of
+ * each row in turn, which fills the rows' write-combining buffers side by side, float32 and
+ * float64 rows of 1024 took 1.1-1.4x the time from memory (Zen 3, one thread, with the next
+ * group fetched ahead). */
 static TARGET FASTLN_ALWAYS_INLINE void
 NAME(bwd_cols)(const D *restrict dy, const D *restrict x, const T *restrict w,
                const D *restrict ds, D *restrict dx, T *restrict stw, T *restrict stb,
@@ -1051,53 +1105,37 @@ NAME(bwd_cols)(const D *restrict dy, const D *restrict x, const T *restrict w,
         ncv[r] = NAME(splat)(kc[3][r]);
         nrmgv[r] = NAME(splat)(kc[4][r]);
     }
-    for (Py_ssize_t j = from; j < to; j += W) {
-        const V wv = NAME(load)(w + j);
-        V dwa = NAME(splat)(0), dba = NAME(splat)(0), d[GROUP_ROWS];
-        /* The same cache line of each row of a later group (next_x, next_dy; NULL: none). */
-        if (next_x != NULL)
-            for (int r = 0; r < nr; r++) {
-                __builtin_prefetch(next_x + r * n + j);
-                __builtin_prefetch(next_dy + r * n + j);
-            }
-        for (int r = 0; r < nr; r++) {
-            if (exact != NULL && exact[r])
-                continue;
-            const Py_ssize_t off = r * n + j;
-            const V dyv = NAME(lds)(dy + off);
-            V xhat;
-            if (rms)
-                xhat = NAME(lds)(x + off) * rsv[r];
-            else
-                xhat = NAME(fma)(NAME(lds)(x + off) - pv[r], rsv[r], nshv[r]);
-            d[r] = NAME(fma)(dyv * wv, rsv[r], NAME(fma)(xhat, ncv[r], nrmgv[r]));
-            if (has_ds)
-                d[r] += NAME(lds)(ds + off);
-            dwa = NAME(fma)(dyv, xhat, dwa);
-            if (!rms)
-                dba += dyv;
-        }
+    enum { LINE = W * sizeof(D) < 64 ? 64 / (W * sizeof(D)) : 1 };  /* vectors per line */
+#define FASTLN_VEC(J, D_OUT)                                                                  \
+    NAME(bwd_vec)(dy, x, w, ds, stw, stb, dw_part, db_part, n, J, nr, exact, pv, rsv, nshv,    \
+                  ncv, nrmgv, rms, has_ds, staged, next_dy, next_x, D_OUT)
+    for (Py_ssize_t j = from; j < to;) {
         /* Stored after the group's loads: with rows a multiple of 4 KiB apart, a store to row r
          * followed by a load from row r + 1 would look like the same address to the CPU's
          * store-to-load check (which compares the low 12 bits) and stall. */
-        for (int r = 0; r < nr; r++) {
-            if (exact != NULL && exact[r])
-                continue;
-            if (stream)
-                NAME(streams)(dx + r * n + j, d[r]);
-            else
-                NAME(sts)(dx + r * n + j, d[r]);
-        }
-        if (staged) {
-            NAME(store)(stw + j, NAME(load)(stw + j) + dwa);
-            if (!rms)
-                NAME(store)(stb + j, NAME(load)(stb + j) + dba);
+        if (stream && LINE > 1 && (uintptr_t)(dx + j) % 64 == 0 && j + LINE * W <= to) {
+            V d[LINE][GROUP_ROWS];
+            for (int k = 0; k < LINE; k++)
+                FASTLN_VEC(j + k * W, d[k]);
+            for (int r = 0; r < nr; r++)
+                for (int k = 0; !(exact != NULL && exact[r]) && k < LINE; k++)
+                    NAME(streams)(dx + r * n + j + k * W, d[k][r]);
+            j += LINE * W;
         } else {
-            NAME(accumulate)(dw_part + j, dwa);
-            if (!rms)
-                NAME(accumulate)(db_part + j, dba);
+            V d[GROUP_ROWS];
+            FASTLN_VEC(j, d);
+            for (int r = 0; r < nr; r++) {
+                if (exact != NULL && exact[r])
+                    continue;
+                if (stream)
+                    NAME(streams)(dx + r * n + j, d[r]);
+                else
+                    NAME(sts)(dx + r * n + j, d[r]);
+            }
+            j += W;
         }
     }
+#undef FASTLN_VEC
 }
 
 /* The columns [j + lo, j + hi) of bwd_cols' sweep over a group of nr rows (0 <= lo < hi <= W,
@@ -1172,8 +1210,8 @@ static TARGET void NAME(flush_stage)(T *restrict stage, double *restrict part, P
  *  - 16-byte stores (16-bit data on AVX2; every dtype on the baseline path), which take four
  *    steps of bwd_cols to fill a line: two rows of a group whose lines fall on the same 4 KiB
  *    offset (rows of 1024 or 2048 float16 values, 2 or 4 KiB apart);
- *  - groups of 2 (long rows, not fetched ahead): a row of dx less than 384 bytes ahead of a
- *    row of x, dy or ds, which the next steps of the sweep then read.
+ *  - groups of 2 (long rows): a row of dx less than 384 bytes ahead of a row of x, dy or ds,
+ *    which the next steps of the sweep then read.
  * Zen 3, one thread, such backwards took 4-8x the time with non-temporal stores as with plain
  * ones (float32 rows of 1024 with dx 32 to 256 bytes ahead of x; float16 rows of 1024 and
  * 2048 wherever dx was), against 0.65-1.0x elsewhere. Rows of up to 768 float32 values, which
@@ -1255,10 +1293,22 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
      * of GROUP_ROWS short rows: 4 rows of up to 768 float32 values span pages that the
      * hardware prefetcher does not follow, and fetching them while the group before is
      * computed took 0.65x the time on 8192 x 768 from memory (Zen 5, one thread), about 0.7x
-     * on 65536 x 1024 float16. With longer rows it did not help, nor in the float32 RMSNorm
-     * backward (1.3x the time on 8192 x 768, for reasons not found). */
+     * on 65536 x 1024 float16. With longer rows it did not help there (but see fetch_groups),
+     * nor in the float32 RMSNorm backward (1.3x the time on 8192 x 768, for reasons not
+     * found). */
     const int prefetch = (flags & FASTLN_STREAM) && group == GROUP_ROWS &&
                          !(rms && sizeof(D) == sizeof(T));
+    /* Longer float32 and float64 rows from memory: while bwd_cols computes a group from the
+     * cache, the hardware prefetcher, which follows the loads that miss, has none to follow,
+     * and the memory idles until the next group's first sweep waits for it. bwd_cols fetches
+     * the next group instead. Zen 3, one thread: 0.65-0.75x the time on float32 65536 x 1024,
+     * 4096 x 4096 and 1024 x 8192, and on float64 16384 x 1024; fetching two groups ahead, or
+     * into level 1 on rows of 8192, gained less. */
+    const int fetch_groups = prefetch ? 2
+                             : (flags & FASTLN_STREAM) && group != GROUP_ROWS &&
+                                       sizeof(D) == sizeof(T)
+                                 ? 1
+                                 : 0;
     /* 16-bit data too large for the cache in longer rows: the first sweep fetches 4 KiB ahead
      * (as the forward's statistics sweep does): 0.8x the time on 4096 x 4096 and 1024 x 8192
      * float16 and bfloat16 (Zen 5, one thread). float32 gained nothing. */
@@ -1372,18 +1422,18 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
             if (seams)
                 memcpy(pair[0][0], pair[nr][0], sizeof pair[0][0]);
         }
-        /* On large data, short rows' groups are fetched from memory ahead, two groups on
-         * (see bwd_cols). */
-        const int fetch_next = prefetch && r0 + 3 * group <= rows;
-        const D *ndy = fetch_next ? dy + off0 + 2 * group * n : NULL,
-                *nx = fetch_next ? x + off0 + 2 * group * n : NULL;
+        /* On large data, groups are fetched from memory ahead, fetch_groups groups on (see
+         * bwd_cols). */
+        const int fetch_next = fetch_groups && r0 + (fetch_groups + 1) * group <= rows;
+        const Py_ssize_t fetch_off = off0 + fetch_groups * group * n;
+        const D *ndy = fetch_next ? dy + fetch_off : NULL, *nx = fetch_next ? x + fetch_off : NULL;
         /* bwd_cols fetches the lines from column `head` on; each row's last line here, which
          * in rows off a line boundary (NumPy's large arrays sit 16 bytes past one) also holds
          * the next row's first columns, which no vector from `head` reaches. Missing them took
          * 1.25x the time (Zen 5, one thread, float32 8192 x 768 16 bytes off). */
         for (int r = 0; fetch_next && r < group; r++) {
-            __builtin_prefetch(nx + r * n + n - 1);
-            __builtin_prefetch(ndy + r * n + n - 1);
+            __builtin_prefetch(nx + r * n + n - 1, 0, 2);
+            __builtin_prefetch(ndy + r * n + n - 1, 0, 2);
         }
 #define FASTLN_COLS(NR, EXACT, STREAM, RMS, DS, STAGED)                                         \
     NAME(bwd_cols)(dy + off0, x + off0, w, dsg, dx + off0, stw, stb, dw_part, db_part, n, head,  \
