@@ -163,14 +163,22 @@ typedef double NAME(wide) __attribute__((vector_size(REGISTER_BYTES / 2 * sizeof
 #if FASTLN_VECTOR_EXT
 /* v as two vectors of double, lanes [0, W/2) in out[0] and [W/2, W) in out[1]. GCC splits the
  * generic conversion of 8 floats to 8 doubles into four 128-bit ones and shuffles: on Zen 5 that
- * made the forward's statistics sweep 1.1x as slow. */
+ * made the forward's statistics sweep 1.1x as slow. Of 4 floats to 4 doubles (AVX2) it makes two
+ * conversions of 2, the upper pair through the stack: Zen 3, one thread, cached float32 and
+ * float16 rows of 768 and 1024, the forward and the backward took 1.04-1.09x the time. */
 static TARGET FASTLN_ALWAYS_INLINE void NAME(widen)(V v, WIDE out[2])
 {
-#if FASTLN_X86_DISPATCH && REGISTER_BYTES == 64
+#if FASTLN_X86_DISPATCH && (REGISTER_BYTES == 64 || REGISTER_BYTES == 32)
     if (sizeof(T) == sizeof(float)) {
+#if REGISTER_BYTES == 64
         const __m512 f = (__m512)v;
         const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(f)),
                       hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(f, 1));
+#else
+        const __m256 f = (__m256)v;
+        const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(f)),
+                      hi = _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1));
+#endif
         memcpy(&out[0], &lo, sizeof lo);
         memcpy(&out[1], &hi, sizeof hi);
         return;
@@ -1265,8 +1273,14 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
      * spare (float32 rows of up to 768 values), else of 2: the second sweep then reads them from
      * there. Measured on Zen 4, one thread: 2-row groups take 0.7x the time of 4-row ones on
      * cached rows of 1024 to 12288 float32 values; 4-row groups about 0.85x that of 2-row ones
-     * on 8192 x 768 from memory. */
-    const int group = (size_t)n * sizeof(D) * 2 * GROUP_ROWS <= 24576 ? GROUP_ROWS : 2;
+     * on 8192 x 768 from memory. 16-bit data too large for the cache (FASTLN_STREAM) goes in
+     * groups of 2 whatever its rows: Zen 3 (AVX2), one thread, float16 65536 x 1024 took
+     * 0.55-0.6x the time of 4-row groups fetched ahead (RMSNorm too), bfloat16 32768 x 1024
+     * 0.75x, float16 16384 x 768 0.85-0.95x. */
+    const int group = (size_t)n * sizeof(D) * 2 * GROUP_ROWS <= 24576 &&
+                              !(sizeof(D) != sizeof(T) && (flags & FASTLN_STREAM))
+                          ? GROUP_ROWS
+                          : 2;
     /* Rows of a whole number of vectors (W values: a register of T, half one of 16-bit data),
      * so that every row has the same alignment: the second sweep's vectors start at column
      * `head`, where dy is aligned to a vector (dx when streaming: streaming stores need it),
@@ -1289,15 +1303,14 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
     head = head < n ? head : n;
     const Py_ssize_t vec_end = head + (n - head) / W * W;
     const double inv_n = 1.0 / (double)n;
-    /* Data too large for the cache (FASTLN_STREAM, whether or not the dtype streams) in groups
-     * of GROUP_ROWS short rows: 4 rows of up to 768 float32 values span pages that the
-     * hardware prefetcher does not follow, and fetching them while the group before is
-     * computed took 0.65x the time on 8192 x 768 from memory (Zen 5, one thread), about 0.7x
-     * on 65536 x 1024 float16. With longer rows it did not help there (but see fetch_groups),
-     * nor in the float32 RMSNorm backward (1.3x the time on 8192 x 768, for reasons not
-     * found). */
-    const int prefetch = (flags & FASTLN_STREAM) && group == GROUP_ROWS &&
-                         !(rms && sizeof(D) == sizeof(T));
+    /* float32 and float64 data too large for the cache (FASTLN_STREAM, whether or not the
+     * dtype streams) in groups of GROUP_ROWS short rows: 4 rows of up to 768 float32 values
+     * span pages that the hardware prefetcher does not follow, and fetching them while the
+     * group before is computed took 0.65x the time on 8192 x 768 from memory (Zen 5, one
+     * thread; 16-bit data, now in groups of 2, 0.7x on 65536 x 1024 float16). With longer rows
+     * it did not help there (but see fetch_groups), nor in the float32 RMSNorm backward (1.3x
+     * the time on 8192 x 768, for reasons not found). */
+    const int prefetch = (flags & FASTLN_STREAM) && group == GROUP_ROWS && !rms;
     /* Longer float32 and float64 rows from memory: while bwd_cols computes a group from the
      * cache, the hardware prefetcher, which follows the loads that miss, has none to follow,
      * and the memory idles until the next group's first sweep waits for it. bwd_cols fetches
@@ -1309,9 +1322,9 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
                                        sizeof(D) == sizeof(T)
                                  ? 1
                                  : 0;
-    /* 16-bit data too large for the cache in longer rows: the first sweep fetches 4 KiB ahead
-     * (as the forward's statistics sweep does): 0.8x the time on 4096 x 4096 and 1024 x 8192
-     * float16 and bfloat16 (Zen 5, one thread). float32 gained nothing. */
+    /* 16-bit data too large for the cache: the first sweep fetches 4 KiB ahead (as the
+     * forward's statistics sweep does): 0.8x the time on 4096 x 4096 and 1024 x 8192 float16
+     * and bfloat16 (Zen 5, one thread). float32 gained nothing. */
     const Py_ssize_t ahead = (flags & FASTLN_STREAM) && group != GROUP_ROWS &&
                              sizeof(D) != sizeof(T) ? 4096 : 0;
     /* The dweight and dbias shares are summed in float32 over STAGE_ROWS rows, in two rows stw
