@@ -104,7 +104,8 @@ def test_streamed_backward_rows_off_alignment_keep_their_bits(rng, simd_path, dt
     too). Each row comes out as it does alone, and dweight and dbias as with aligned arrays, with
     rows that go through the exact double sweep (an rstd past 2^60) among them."""
     size = np.dtype(dtype).itemsize
-    # 16-bit rows of 1024 values, 2 KiB apart, are not streamed on AVX2 (see the test below).
+    # 16-bit rows of 768 values: rows a whole number of KiB apart may not be streamed on AVX2
+    # (see the test below).
     n = 768 if size == 2 else 1024
     if offset % size:
         pytest.skip("rows of this dtype cannot start at this offset")
@@ -140,8 +141,8 @@ def test_streamed_backward_rows_off_alignment_keep_their_bits(rng, simd_path, dt
 def test_backward_gives_the_same_bits_wherever_dx_is(rng, simd_path, dtype, n):
     """A backward large enough to stream dx writes it with plain stores instead where streamed
     ones would keep the CPU's write-combining buffers from filling (dx a little ahead of x or
-    dy modulo 4 KiB; rows of 16-bit data 2 KiB apart), and then aligns its vectors to dy rather
-    than dx. dx, dweight and dbias come out the same either way."""
+    dy modulo 4 KiB; on AVX2, rows of 16-bit data 4 KiB apart), and then aligns its vectors to
+    dy rather than dx. dx, dweight and dbias come out the same either way."""
     size = np.dtype(dtype).itemsize
     rows = (16 << 20) // (3 * size * n) + 5                  # past the streaming threshold
     x, dy = (placed(rng.standard_normal((rows, n)).astype(dtype), 0, 4096) for _ in range(2))

@@ -1215,9 +1215,10 @@ static TARGET void NAME(flush_stage)(T *restrict stage, double *restrict part, P
 /* Whether streaming dx (non-temporal stores, which fill a write-combining buffer per cache line
  * until the line is complete) would make the CPU flush those buffers half full, for a group of
  * `group` rows of n values. It compares addresses modulo 4 KiB, as the CPU does first:
- *  - 16-byte stores (16-bit data on AVX2; every dtype on the baseline path), which take four
- *    steps of bwd_cols to fill a line: two rows of a group whose lines fall on the same 4 KiB
- *    offset (rows of 1024 or 2048 float16 values, 2 or 4 KiB apart);
+ *  - 16-byte stores (16-bit data on AVX2; every dtype on the baseline path), four to a line:
+ *    two rows of a group whose lines fall on the same 4 KiB offset (rows of 2048 float16
+ *    values, 4 KiB apart; measured before bwd_cols wrote a line of each row at a time, when
+ *    16-bit data from memory still went in groups of 4, rows of 1024 2 KiB apart too);
  *  - groups of 2 (long rows): a row of dx less than 384 bytes ahead of a row of x, dy or ds,
  *    which the next steps of the sweep then read.
  * Zen 3, one thread, such backwards took 4-8x the time with non-temporal stores as with plain
