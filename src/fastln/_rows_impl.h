@@ -1125,9 +1125,12 @@ NAME(bwd_cols)(const D *restrict dy, const D *restrict x, const T *restrict w,
             V d[LINE][GROUP_ROWS];
             for (int k = 0; k < LINE; k++)
                 FASTLN_VEC(j + k * W, d[k]);
-            for (int r = 0; r < nr; r++)
-                for (int k = 0; !(exact != NULL && exact[r]) && k < LINE; k++)
+            for (int r = 0; r < nr; r++) {
+                if (exact != NULL && exact[r])
+                    continue;
+                for (int k = 0; k < LINE; k++)
                     NAME(streams)(dx + r * n + j + k * W, d[k][r]);
+            }
             j += LINE * W;
         } else {
             V d[GROUP_ROWS];
