@@ -1307,8 +1307,8 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
     head = head < n ? head : n;
     const Py_ssize_t vec_end = head + (n - head) / W * W;
     const double inv_n = 1.0 / (double)n;
-    /* float32 and float64 data too large for the cache (FASTLN_STREAM, whether or not the
-     * dtype streams) in groups of GROUP_ROWS short rows: 4 rows of up to 768 float32 values
+    /* float32 and float64 data too large for the cache (FASTLN_STREAM, whether or not dx
+     * streams) in groups of GROUP_ROWS short rows: 4 rows of up to 768 float32 values
      * span pages that the hardware prefetcher does not follow, and fetching them while the
      * group before is computed took 0.65x the time on 8192 x 768 from memory (Zen 5, one
      * thread; 16-bit data, now in groups of 2, 0.7x on 65536 x 1024 float16). With longer rows
