@@ -368,19 +368,28 @@ def test_cached_rows_written_in_pieces_keep_their_bits(rng, dtype, n):
             assert_close(y[i], reference.layer_norm(precise(x[i]), n, w, b), dtype)
 
 
-@pytest.mark.parametrize("n", [768, 1000, 1024, 1027])
-def test_large_backward_written_with_streaming_stores(rng, n):
+@pytest.mark.parametrize("rms", [False, True], ids=["layer_norm", "rms_norm"])
+@pytest.mark.parametrize("n", [512, 768, 1000, 1024, 1027])
+def test_large_backward_written_with_streaming_stores(rng, n, rms):
     # dx is streamed once dy, x and dx come to 16 MiB, when a row is a whole number of vectors
-    # (n = 768, 1000, 1024), a cache line of each row at a time (rows of 1000 float32 values
-    # are 32 bytes off the first row's line boundaries every other row); groups of rows are
-    # fetched ahead.
+    # (n = 512, 768, 1000, 1024), a cache line of each row at a time (rows of 1000 float32
+    # values are 32 bytes off the first row's line boundaries every other row); rows go in
+    # groups of 2, the next group fetched ahead, short ones (512, 768) with no float32 stage
+    # for dweight and dbias.
     x = rng.standard_normal(((16 << 20) // (3 * 4 * n) + 5, n)).astype(np.float32)
     dy = rng.standard_normal(x.shape).astype(np.float32)
-    _, mean, rstd = fastln.layer_norm_forward(x, n)
-    dx, _, db = fastln.layer_norm_backward(dy, x, mean, rstd)
-    _, mean_ref, rstd_ref = reference.layer_norm_forward(x, n)
+    w = rng.standard_normal(n).astype(np.float32)
+    if rms:
+        _, rstd = fastln.rms_norm_forward(x, n, w)
+        dx, dw = fastln.rms_norm_backward(dy, x, rstd, w)
+        _, rstd_ref = reference.rms_norm_forward(x, n, w)
+        want_dx, want_dw = reference.rms_norm_backward(dy, x, rstd_ref, w)
+    else:
+        _, mean, rstd = fastln.layer_norm_forward(x, n, w)
+        dx, dw, db = fastln.layer_norm_backward(dy, x, mean, rstd, w)
+        _, mean_ref, rstd_ref = reference.layer_norm_forward(x, n, w)
+        want_dx, want_dw, want_db = reference.layer_norm_backward(dy, x, mean_ref, rstd_ref, w)
+        assert_close(db, want_db, np.float32)
     for r in (0, 1, 2, x.shape[0] - 1):
-        want = reference.layer_norm_backward(dy[r:r + 1], x[r:r + 1], mean_ref[r:r + 1],
-                                             rstd_ref[r:r + 1])[0]
-        assert_close(dx[r:r + 1], want, np.float32)
-    assert_close(db, dy.astype(np.float64).sum(axis=0), np.float32)
+        assert_close(dx[r:r + 1], want_dx[r:r + 1], np.float32)
+    assert_close(dw, want_dw, np.float32)

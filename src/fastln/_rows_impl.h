@@ -1276,15 +1276,18 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
     /* Groups of GROUP_ROWS rows while their x and dy fit in a 32 KiB level-1 cache with room to
      * spare (float32 rows of up to 768 values), else of 2: the second sweep then reads them from
      * there. Measured on Zen 4, one thread: 2-row groups take 0.7x the time of 4-row ones on
-     * cached rows of 1024 to 12288 float32 values; 4-row groups about 0.85x that of 2-row ones
-     * on 8192 x 768 from memory. 16-bit data too large for the cache (FASTLN_STREAM) goes in
-     * groups of 2 whatever its rows: Zen 3 (AVX2), one thread, float16 65536 x 1024 took
-     * 0.55-0.6x the time of 4-row groups fetched ahead (RMSNorm too), bfloat16 32768 x 1024
-     * 0.75x, float16 16384 x 768 0.85-0.95x. */
-    const int group = (size_t)n * sizeof(D) * 2 * GROUP_ROWS <= 24576 &&
-                              !(sizeof(D) != sizeof(T) && (flags & FASTLN_STREAM))
-                          ? GROUP_ROWS
-                          : 2;
+     * cached rows of 1024 to 12288 float32 values. Data too large for the cache (FASTLN_STREAM)
+     * goes in groups of 2 whatever its rows, the next group fetched while one is computed (see
+     * fetch_ahead). Zen 3 (AVX2), one thread, against 4-row groups of short rows (float32 and
+     * float64 LayerNorm ones fetched two groups ahead, RMSNorm ones not fetched): float32
+     * LayerNorm 16384 x 768 0.92-0.95x the time, 16384 x 512 0.65-0.7x, 32768 x 256 0.75-0.85x;
+     * RMSNorm 16384 x 768 0.86-0.89x; float64 8192 x 384 the same; float16 65536 x 1024
+     * 0.55-0.6x, bfloat16 32768 x 1024 0.75x, float16 16384 x 768 0.85-0.95x. (Before 2-row
+     * groups were fetched ahead, 4-row groups had taken 0.85x their time on float32 8192 x 768
+     * from memory on Zen 4, and fetching 4-row groups ahead 0.65x the time of not fetching
+     * them on Zen 5; neither machine measured this choice.) */
+    const int short_rows = (size_t)n * sizeof(D) * 2 * GROUP_ROWS <= 24576;
+    const int group = short_rows && !(flags & FASTLN_STREAM) ? GROUP_ROWS : 2;
     /* Rows of a whole number of vectors (W values: a register of T, half one of 16-bit data),
      * so that every row has the same alignment: the second sweep's vectors start at column
      * `head`, where dy is aligned to a vector (dx when streaming: streaming stores need it),
@@ -1307,39 +1310,27 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
     head = head < n ? head : n;
     const Py_ssize_t vec_end = head + (n - head) / W * W;
     const double inv_n = 1.0 / (double)n;
-    /* float32 and float64 data too large for the cache (FASTLN_STREAM, whether or not dx
-     * streams) in groups of GROUP_ROWS short rows: 4 rows of up to 768 float32 values
-     * span pages that the hardware prefetcher does not follow, and fetching them while the
-     * group before is computed took 0.65x the time on 8192 x 768 from memory (Zen 5, one
-     * thread; 16-bit data, now in groups of 2, 0.7x on 65536 x 1024 float16). With longer rows
-     * it did not help there (but see fetch_groups), nor in the float32 RMSNorm backward (1.3x
-     * the time on 8192 x 768, for reasons not found). */
-    const int prefetch = (flags & FASTLN_STREAM) && group == GROUP_ROWS && !rms;
-    /* Longer float32 and float64 rows from memory: while bwd_cols computes a group from the
-     * cache, the hardware prefetcher, which follows the loads that miss, has none to follow,
-     * and the memory idles until the next group's first sweep waits for it. bwd_cols fetches
-     * the next group instead. Zen 3, one thread: 0.65-0.75x the time on float32 65536 x 1024,
-     * 4096 x 4096 and 1024 x 8192, and on float64 16384 x 1024; fetching two groups ahead, or
-     * into level 1 on rows of 8192, gained less. */
-    const int fetch_groups = prefetch ? 2
-                             : (flags & FASTLN_STREAM) && group != GROUP_ROWS &&
-                                       sizeof(D) == sizeof(T)
-                                 ? 1
-                                 : 0;
+    /* float32 and float64 rows from memory: while bwd_cols computes a group from the cache,
+     * the hardware prefetcher, which follows the loads that miss, has none to follow, and the
+     * memory idles until the next group's first sweep waits for it. bwd_cols fetches the next
+     * group instead. Zen 3, one thread: 0.65-0.75x the time on float32 65536 x 1024, 4096 x 4096
+     * and 1024 x 8192, and on float64 16384 x 1024; fetching two groups ahead, or into level 1
+     * on rows of 8192, gained less. (16-bit data gained nothing from it: see `ahead`.) */
+    const int fetch_ahead = (flags & FASTLN_STREAM) && sizeof(D) == sizeof(T);
     /* 16-bit data too large for the cache: the first sweep fetches 4 KiB ahead (as the
      * forward's statistics sweep does): 0.8x the time on 4096 x 4096 and 1024 x 8192 float16
      * and bfloat16 (Zen 5, one thread). float32 gained nothing. */
-    const Py_ssize_t ahead = (flags & FASTLN_STREAM) && group != GROUP_ROWS &&
-                             sizeof(D) != sizeof(T) ? 4096 : 0;
+    const Py_ssize_t ahead = (flags & FASTLN_STREAM) && sizeof(D) != sizeof(T) ? 4096 : 0;
     /* The dweight and dbias shares are summed in float32 over STAGE_ROWS rows, in two rows stw
      * and stb of the level-1 cache, before they are added to the double partials. Adding each
      * group's shares there (a conversion, and a read and a write of two cache lines per vector)
      * made the whole backward take 1.2-1.55x as long on rows that stay in the cache (Zen 5, one
-     * thread: float32 rows of 768 and 1024, float16 and bfloat16 rows of 1024). Short rows
-     * from memory, whose groups are fetched ahead, took longer with the stage (float32 8192 x
-     * 768 1.7x, 1.3x with two processes sharing memory; float16 32768 x 1024 1.09x with two),
-     * so they add each group's shares to the partials, as float64 and float32 without memory
-     * for the stage do. Blocks of one group need no stage: the result is the same.
+     * thread: float32 rows of 768 and 1024, float16 and bfloat16 rows of 1024). Short float32
+     * rows from memory, whose groups are fetched ahead, took longer with the stage (Zen 5, in
+     * 4-row groups: 8192 x 768 1.7x, 1.3x with two processes sharing memory; Zen 3, in 2-row
+     * groups: LayerNorm 16384 x 768 1.1x, RMSNorm the same), so they add each group's shares to
+     * the partials, as float64 and float32 without memory for the stage do. Blocks of one
+     * group need no stage: the result is the same.
      *
      * The stage's column `head` sits 1.5 KiB past that of the array the sweep aligns to (modulo
      * 4 KiB; stb 1 KiB further), on a cache line: a load whose address agrees with an earlier
@@ -1347,7 +1338,7 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
     T *stw = NULL, *stb = NULL;
     void *stage = NULL;
     const size_t stage_row = ((size_t)n * sizeof(T) + 4095) / 4096 * 4096;
-    if (sizeof(T) < sizeof(double) && rows > group && !prefetch)
+    if (sizeof(T) < sizeof(double) && rows > group && !(fetch_ahead && short_rows))
         stage = malloc(2 * stage_row + 3 * 4096);
     if (stage != NULL) {
         const uintptr_t col = (uintptr_t)(stream ? dx : dy) + head * sizeof(D);
@@ -1439,10 +1430,9 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
             if (seams)
                 memcpy(pair[0][0], pair[nr][0], sizeof pair[0][0]);
         }
-        /* On large data, groups are fetched from memory ahead, fetch_groups groups on (see
-         * bwd_cols). */
-        const int fetch_next = fetch_groups && r0 + (fetch_groups + 1) * group <= rows;
-        const Py_ssize_t fetch_off = off0 + fetch_groups * group * n;
+        /* On large data, the next group is fetched from memory (see fetch_ahead, bwd_cols). */
+        const int fetch_next = fetch_ahead && r0 + 2 * group <= rows;
+        const Py_ssize_t fetch_off = off0 + group * n;
         const D *ndy = fetch_next ? dy + fetch_off : NULL, *nx = fetch_next ? x + fetch_off : NULL;
         /* bwd_cols fetches the lines from column `head` on; each row's last line here, which
          * in rows off a line boundary (NumPy's large arrays sit 16 bytes past one) also holds
