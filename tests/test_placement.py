@@ -3,10 +3,10 @@ an output is aligned), never the result; fresh outputs are placed like their inp
 
 import numpy as np
 import pytest
-from _helpers import DTYPES, placed
+from _helpers import DTYPES, assert_close, placed
 
 import fastln
-from fastln import _cpu, _ops
+from fastln import _cpu, _ops, reference
 
 
 def _offsets(dtype):
@@ -137,12 +137,13 @@ def test_streamed_backward_rows_off_alignment_keep_their_bits(rng, simd_path, dt
 
 
 @pytest.mark.parametrize("dtype", DTYPES + _half_dtypes(), ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("n", [1024, 1040])
+@pytest.mark.parametrize("n", [768, 1024, 1040])
 def test_backward_gives_the_same_bits_wherever_dx_is(rng, simd_path, dtype, n):
     """A backward large enough to stream dx writes it with plain stores instead where streamed
     ones would keep the CPU's write-combining buffers from filling (dx a little ahead of x or
-    dy modulo 4 KiB; on AVX2, rows of 16-bit data 4 KiB apart), and then aligns its vectors to
-    dy rather than dx. dx, dweight and dbias come out the same either way."""
+    dy modulo 4 KiB, except in short float32 and float64 rows such as 768; on AVX2, rows of
+    16-bit data 4 KiB apart), and then aligns its vectors to dy rather than dx. dx, dweight and
+    dbias come out the same either way."""
     size = np.dtype(dtype).itemsize
     rows = (16 << 20) // (3 * size * n) + 5                  # past the streaming threshold
     x, dy = (placed(rng.standard_normal((rows, n)).astype(dtype), 0, 4096) for _ in range(2))
@@ -163,3 +164,36 @@ def test_backward_gives_the_same_bits_wherever_dx_is(rng, simd_path, dtype, n):
     want = fastln.layer_norm_backward(dy, x, mean, rstd, w)
     for a, g in zip(want, results[0]):
         np.testing.assert_array_equal(g, a)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("rms", [False, True], ids=["layer_norm", "rms_norm"])
+def test_fused_forward_gives_the_same_bits_wherever_its_outputs_are(rng, simd_path, dtype,
+                                                                    rms):
+    """A residual add + norm large enough to stream y and the sum writes them with plain stores
+    instead where both would start just ahead of a row of x or r (modulo 4 KiB), which keeps
+    the CPU's write-combining buffers from filling. y and the sum come out the same either
+    way, and match the reference's norm of x + r."""
+    n = 1024
+    rows = (32 << 20) // (4 * np.dtype(dtype).itemsize * n) + 5   # past the streaming threshold
+    x = placed(rng.standard_normal((rows, n)).astype(dtype), 2048, 4096)
+    r = placed(rng.standard_normal((rows, n)).astype(dtype), 0, 4096)
+    w = rng.standard_normal(n).astype(dtype)
+    results = []
+    # y and the sum where r is in its page, 48 bytes ahead of r (plain stores), 48 bytes ahead
+    # of x, and apart: y 48 bytes ahead of r, the sum 1 KiB further.
+    for y_offset, s_offset in ((0, 0), (48, 48), (2096, 2096), (48, 1072)):
+        y = placed(np.zeros_like(x), y_offset, 4096)
+        s = placed(np.zeros_like(x), s_offset, 4096)
+        if rms:
+            fastln.add_rms_norm(x, r, n, w, out=y, sum_out=s)
+        else:
+            fastln.add_layer_norm(x, r, n, w, out=y, sum_out=s)
+        results.append((y, s))
+    for offsets, got in zip(((48, 48), (2096, 2096), (48, 1072)), results[1:]):
+        for name, a, g in zip(("y", "sum"), results[0], got):
+            np.testing.assert_array_equal(g, a, err_msg=f"{name}, outputs at {offsets}")
+    s = x + r
+    np.testing.assert_array_equal(results[0][1], s)
+    want = reference.rms_norm(s, n, w) if rms else reference.layer_norm(s, n, w)
+    assert_close(results[0][0], want, dtype)

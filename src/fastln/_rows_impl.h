@@ -892,6 +892,24 @@ static TARGET FASTLN_NOINLINE void NAME(fwd_pieces)(const D *x, const D *r, cons
 #undef FASTLN_PIECES
 }
 
+/* Whether a row of `out` starts less than 384 bytes ahead, modulo 4 KiB, of row r + d of in0,
+ * in1 or in2 (NULL: none) for some |d| < span, rows being n values apart in every array. The CPU
+ * compares addresses modulo 4 KiB first: the loads of the input rows that a sweep reads next
+ * then look like they touch lines that `out`'s non-temporal stores are filling, and the CPU
+ * flushes its write-combining buffers half full (see wc_conflict and norm_fwd). */
+static TARGET int NAME(just_ahead)(const D *out, const D *in0, const D *in1, const D *in2,
+                                   Py_ssize_t n, int span)
+{
+    const uintptr_t row = (uintptr_t)n * sizeof(D);
+    const D *in[3] = {in0, in1, in2};
+    for (int a = 0; a < 3; a++)
+        for (int d = -(span - 1); in[a] != NULL && d < span; d++) {
+            const uintptr_t ahead = ((uintptr_t)out - (uintptr_t)in[a] - row * (uintptr_t)d) % 4096;
+            if (ahead > 0 && ahead <= 384)
+                return 1;
+        }
+    return 0;
+}
 /* Forward over a block of rows: see fwd_rows; `r` and `sum` are NULL without the residual add,
  * `b` and `mean` with FASTLN_RMS. One specialised copy per (add, RMS) pair. */
 static TARGET void NAME(norm_fwd)(const D *x, const D *r, const T *w, const T *b, D *sum, D *y,
@@ -910,7 +928,18 @@ static TARGET void NAME(norm_fwd)(const D *x, const D *r, const T *w, const T *b
     /* 16-bit y streams in rows of 4 KiB and more: Zen 5, one thread, float16, 0.77x the time
      * on 4096 x 4096, 0.73x on 16384 x 4096, 0.93x on 8192 x 2048; rows of 768 and 1024 values
      * took 1.0-1.14x (its stores are half a cache line). */
-    const int stream = large && (sizeof(D) == sizeof(T) || (size_t)n * sizeof(D) >= 4096);
+    /* The residual add's y and sum (both streamed, in float32 and float64) stream only where
+     * not both start just ahead of a row of x or r (just_ahead). Zen 3, two threads, float32
+     * add + LayerNorm 8192 x 1024 with both 16 to 192 bytes ahead of r took 1.6-4.9x the time
+     * of both elsewhere (modulo 4 KiB), 1024 x 8192 and 8192 x 768 with both 48 bytes ahead of
+     * r 6-7x (fresh outputs that fastln reused after making them for an x placed otherwise);
+     * with plain stores there, 1.0-1.4x. With only y 16 to 384 bytes ahead of r, streaming
+     * took 1.0-1.8x the time and plain stores 1.5-1.7x; without the add, y 48 or 64 bytes
+     * ahead of x took no longer streamed. */
+    const int stream = large && (sizeof(D) == sizeof(T) || (size_t)n * sizeof(D) >= 4096) &&
+                       !(r != NULL && sizeof(D) == sizeof(T) &&
+                         NAME(just_ahead)(y, x, r, NULL, n, 2) &&
+                         NAME(just_ahead)(sum, x, r, NULL, n, 2));
     const int prefetch = !large ? 0 : (size_t)n * sizeof(D) <= 16384 ? 1 : 2;
     /* Cached data is normalized by copies of the code without streaming stores and prefetches:
      * with them tested at run time, float32 rows of 768 with the residual add and bfloat16
@@ -1222,14 +1251,16 @@ static TARGET void NAME(flush_stage)(T *restrict stage, double *restrict part, P
  *    two rows of a group whose lines fall on the same 4 KiB offset (rows of 2048 float16
  *    values, 4 KiB apart; measured before bwd_cols wrote a line of each row at a time, when
  *    16-bit data from memory still went in groups of 4, rows of 1024 2 KiB apart too);
- *  - groups of 2 (long rows): a row of dx less than 384 bytes ahead of a row of x, dy or ds,
- *    which the next steps of the sweep then read.
+ *  - a row of dx less than 384 bytes ahead of a row of x, dy or ds in the group, which the
+ *    next steps of the sweep then read (just_ahead); not for short float32 and float64 rows
+ *    (short_rows, see norm_bwd).
  * Zen 3, one thread, such backwards took 4-8x the time with non-temporal stores as with plain
  * ones (float32 rows of 1024 with dx 32 to 256 bytes ahead of x; float16 rows of 1024 and
- * 2048 wherever dx was), against 0.65-1.0x elsewhere. Rows of up to 768 float32 values, which
- * are fetched ahead, lost nothing to dx ahead of x. */
+ * 2048 wherever dx was), against 0.65-1.0x elsewhere. float32 rows of 768 with dx 64 or 128
+ * bytes ahead of x took 0.65-0.7x the time of plain stores with non-temporal ones, as long
+ * as with dx elsewhere. */
 static TARGET int NAME(wc_conflict)(const D *dy, const D *x, const D *ds, const D *dx,
-                                    Py_ssize_t n, int group)
+                                    Py_ssize_t n, int group, int short_rows)
 {
     const uintptr_t row = (uintptr_t)n * sizeof(D);
     if (W * sizeof(D) < 32)
@@ -1238,17 +1269,9 @@ static TARGET int NAME(wc_conflict)(const D *dy, const D *x, const D *ds, const 
             if (m < 128 || m > 4096 - 128)
                 return 1;
         }
-    if (group == GROUP_ROWS)
+    if (short_rows && sizeof(D) == sizeof(T))
         return 0;
-    const D *in[3] = {x, dy, ds};
-    for (int a = 0; a < 3; a++)
-        for (int d = -(group - 1); in[a] != NULL && d < group; d++) {
-            /* How far row r of dx is ahead of row r + d of in[a], modulo 4 KiB. */
-            const uintptr_t ahead = ((uintptr_t)dx - (uintptr_t)in[a] - row * (uintptr_t)d) % 4096;
-            if (ahead > 0 && ahead <= 384)
-                return 1;
-        }
-    return 0;
+    return NAME(just_ahead)(dx, x, dy, ds, n, group);
 }
 
 /* Backward over a block of rows, fused: one sweep of reductions per row, then one sweep over a
@@ -1278,10 +1301,11 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
      * there. Measured on Zen 4, one thread: 2-row groups take 0.7x the time of 4-row ones on
      * cached rows of 1024 to 12288 float32 values. Data too large for the cache (FASTLN_STREAM)
      * goes in groups of 2 whatever its rows, the next group fetched while one is computed (see
-     * fetch_ahead). Zen 3 (AVX2), one thread, against 4-row groups of short rows (float32 and
-     * float64 LayerNorm ones fetched two groups ahead, RMSNorm ones not fetched): float32
-     * LayerNorm 16384 x 768 0.92-0.95x the time, 16384 x 512 0.65-0.7x, 32768 x 256 0.75-0.85x;
-     * RMSNorm 16384 x 768 0.86-0.89x; float64 8192 x 384 the same; float16 65536 x 1024
+     * fetch_ahead). Zen 3 (AVX2), against 4-row groups of short rows (float32 and float64
+     * LayerNorm ones fetched two groups ahead, RMSNorm ones not fetched), from Python, two
+     * threads: float32 LayerNorm 16384 x 512 0.6-0.8x the time, 32768 x 256 0.75-0.85x,
+     * 8192 x 768 the same, RMSNorm 8192 x 768 0.9x, 16384 x 512 0.85x; one thread: LayerNorm
+     * 16384 x 768 0.92x, RMSNorm 0.86-0.89x, float64 8192 x 384 the same, float16 65536 x 1024
      * 0.55-0.6x, bfloat16 32768 x 1024 0.75x, float16 16384 x 768 0.85-0.95x. (Before 2-row
      * groups were fetched ahead, 4-row groups had taken 0.85x their time on float32 8192 x 768
      * from memory on Zen 4, and fetching 4-row groups ahead 0.65x the time of not fetching
@@ -1302,7 +1326,7 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
     const Py_ssize_t vec_bytes = W * (Py_ssize_t)sizeof(D);
     const int same_rows = (n * (Py_ssize_t)sizeof(D)) % vec_bytes == 0;
     const int stream = (flags & FASTLN_STREAM) && same_rows &&
-                       !NAME(wc_conflict)(dy, x, ds, dx, n, group);
+                       !NAME(wc_conflict)(dy, x, ds, dx, n, group, short_rows);
     const uintptr_t anchor = stream ? (uintptr_t)dx : (uintptr_t)dy;
     Py_ssize_t head = same_rows && (sizeof(D) == sizeof(T) || stream)
                           ? (Py_ssize_t)((vec_bytes - anchor % vec_bytes) % vec_bytes / sizeof(D))
@@ -1315,7 +1339,8 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
      * memory idles until the next group's first sweep waits for it. bwd_cols fetches the next
      * group instead. Zen 3, one thread: 0.65-0.75x the time on float32 65536 x 1024, 4096 x 4096
      * and 1024 x 8192, and on float64 16384 x 1024; fetching two groups ahead, or into level 1
-     * on rows of 8192, gained less. (16-bit data gained nothing from it: see `ahead`.) */
+     * on rows of 8192, gained less. 16-bit data, whose first sweep fetches ahead (`ahead`),
+     * gained nothing from it (float16 4096 x 4096). */
     const int fetch_ahead = (flags & FASTLN_STREAM) && sizeof(D) == sizeof(T);
     /* 16-bit data too large for the cache: the first sweep fetches 4 KiB ahead (as the
      * forward's statistics sweep does): 0.8x the time on 4096 x 4096 and 1024 x 8192 float16
