@@ -24,7 +24,7 @@ def general_calls(monkeypatch):
     convert = _ops._float_array
 
     def counting(name, a):
-        if name == "x":
+        if name in ("x", "s"):          # s: the fused backward's sum
             calls[0] += 1
         return convert(name, a)
 
@@ -176,6 +176,15 @@ def test_backward_paths_agree(rng, general_calls, shape, nshape, dtype, affine):
      ValueError, "rstd must have the shape of mean"),
     (lambda x: fastln.layer_norm_backward(x[:, :0], x[:, :0], np.zeros(4, np.float32),
                                           np.ones(4, np.float32)), ValueError, "zero elements"),
+    (lambda x: fastln.layer_norm_backward(x, x, None, np.ones(4, np.float32)), TypeError,
+     "mean"),
+    (lambda x: fastln.rms_norm_backward(x, x, np.ones(3, np.float32)), ValueError,
+     "leading shape"),
+    (lambda x: fastln.add_rms_norm_backward(x, x, np.ones(4, np.float32), None, np.ones((4, 8))),
+     TypeError, "dsum"),
+    (lambda x: fastln.add_layer_norm_backward(x, x, np.zeros(4, np.float32),
+                                              np.ones(4, np.float32), None, x[:2]), ValueError,
+     "dsum must have the shape"),
 ])
 def test_plain_looking_bad_input_still_raises(call, exc, match):
     with pytest.raises(exc, match=match):
@@ -237,3 +246,48 @@ def test_half_fast_path_matches_general(rng, general_calls, name):
     for got, want in zip((y, mean, rstd, *grads), (y0, mean0, rstd0, *grads0)):
         assert type(got) is np.ndarray and got.dtype == want.dtype
         np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+
+
+@pytest.mark.parametrize("op, with_dsum", [("rms_norm", False), ("add_layer_norm", False),
+                                           ("add_layer_norm", True), ("add_rms_norm", False),
+                                           ("add_rms_norm", True)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_new_ops_backward_fast_path_matches_general(rng, general_calls, op, dtype, with_dsum):
+    fused, rms = op.startswith("add_"), op.endswith("rms_norm")
+    x, r, dy, dsum = (rng.standard_normal((8, 96)).astype(dtype) for _ in range(4))
+    w = rng.standard_normal(96).astype(np.float32 if dtype == np.float16 else dtype)
+    dsum = dsum if with_dsum else None
+    if fused:
+        _, s, *stats = getattr(fastln, op + "_forward")(x, r, 96, w)
+    else:
+        s = x
+        stats = list(getattr(fastln, op + "_forward")(x, 96, w)[1:])
+    backward = getattr(fastln, op + "_backward")
+
+    def call(dy, s, stats, w, dsum):
+        return backward(dy, s, *stats, w, dsum) if fused else backward(dy, s, *stats, w)
+
+    base = general_calls[0]
+    fast = call(dy, s, stats, w, dsum)
+    assert general_calls[0] == base, "plain input left the fast path"
+    variants = [("s a subclass", dy, s.view(Sub), stats, w, dsum),
+                ("dy strided", _not_plain(dy), s, stats, w, dsum),
+                ("rstd a subclass", dy, s, stats[:-1] + [stats[-1].view(Sub)], w, dsum),
+                ("weight a list", dy, s, stats, list(w), dsum)]
+    if not rms:
+        variants.append(("mean strided", dy, s, [_not_plain(stats[0])] + stats[1:], w, dsum))
+    if with_dsum:
+        variants.append(("dsum strided", dy, s, stats, w, _not_plain(dsum)))
+    for name, *args in variants:
+        before = general_calls[0]
+        slow = call(*args)
+        assert general_calls[0] == before + 1, f"{name} took the fast path"
+        assert len(slow) == len(fast) == (2 if rms else 3)
+        for got, want in zip(slow, fast):
+            assert type(got) is np.ndarray and got.dtype == want.dtype, name
+            np.testing.assert_array_equal(got, want, err_msg=name)
+    if with_dsum:       # dsum is added to dx: the gradient without it differs by dsum
+        without = call(dy, s, stats, w, None)
+        np.testing.assert_allclose(fast[0].astype(np.float64),
+                                   without[0].astype(np.float64) + dsum,
+                                   rtol=1e-2 if dtype == np.float16 else 1e-5, atol=1e-2)

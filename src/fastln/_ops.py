@@ -229,23 +229,26 @@ def _plain_forward_inputs(x, normalized_shape, weight, bias, eps, residual=None)
     return nshape, w, b
 
 
-def _plain_backward_inputs(dy, x, mean, rstd, weight):
+def _plain_backward_inputs(dy, x, mean, rstd, weight, dsum=None):
     """(normalized shape, weight) as the general path of the backward makes them, if it would
-    convert nothing; else None."""
-    if not (type(x) is np.ndarray and type(dy) is np.ndarray and type(mean) is np.ndarray
-            and type(rstd) is np.ndarray):
+    convert nothing; else None. mean is None for RMSNorm; a `dsum` must match dy exactly."""
+    if not (type(x) is np.ndarray and type(dy) is np.ndarray and type(rstd) is np.ndarray
+            and (mean is None or type(mean) is np.ndarray)
+            and (dsum is None or type(dsum) is np.ndarray)):
         return None
-    dtype, shape, lead = x.dtype, x.shape, mean.shape
+    dtype, shape, lead = x.dtype, x.shape, rstd.shape
     stat = _plain_param_dtype(dtype)
-    if not (stat is not None and dy.dtype is dtype and mean.dtype is stat
-            and rstd.dtype is stat and dy.shape == shape and rstd.shape == lead
-            and len(lead) < len(shape) and shape[:len(lead)] == lead):
+    if not (stat is not None and dy.dtype is dtype and rstd.dtype is stat
+            and dy.shape == shape and len(lead) < len(shape) and shape[:len(lead)] == lead
+            and (mean is None or (mean.dtype is stat and mean.shape == lead))
+            and (dsum is None or (dsum.dtype is dtype and dsum.shape == shape))):
         return None
     nshape = shape[len(lead):]
     if 0 in nshape:
         return None
     w = _plain_param(weight, nshape, stat, 1)
-    if w is None or not _cpu.plain(dy, x, mean, rstd, w):
+    if (w is None or not _cpu.plain(dy, x, rstd, w)
+            or not (mean is None or _cpu.plain(mean)) or not (dsum is None or _cpu.plain(dsum))):
         return None
     return nshape, w
 
@@ -490,10 +493,12 @@ def _fused_forward(x, residual, normalized_shape, weight, bias, eps, out, sum_ou
 
 def _backward(dy, x, mean, rstd, weight, dsum=None, rms=False, fused=False):
     """The backward of every op; returns (dx, dweight, dbias); dbias is None for RMSNorm."""
-    plain = None if fused or rms else _plain_backward_inputs(dy, x, mean, rstd, weight)
+    plain = None if rms != (mean is None) else _plain_backward_inputs(dy, x, mean, rstd, weight,
+                                                                      dsum)
     ds = None
     if plain is not None:
         nshape, w = plain
+        ds = dsum
     elif _gpu.wants_gpu(dy, x, mean, rstd, weight, dsum):
         return _gpu._backward(dy, x, mean, rstd, weight, dsum, rms=rms,
                               xname="s" if fused else "x")
