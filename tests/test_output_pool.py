@@ -22,9 +22,9 @@ def _address(a):
 
 
 def _x(seed):
-    # Every input at the same place modulo 64 bytes, so that the outputs made for one suit the
-    # next (see test_placement.py for inputs placed otherwise).
-    return placed(np.random.default_rng(seed).standard_normal(BIG, dtype=np.float32), 16)
+    # Every input at the same place modulo 4 KiB, so that the outputs made for one suit the
+    # next where they are (see test_placement.py for inputs placed otherwise).
+    return placed(np.random.default_rng(seed).standard_normal(BIG, dtype=np.float32), 16, 4096)
 
 
 def test_dropped_result_is_reused_and_right(pool):

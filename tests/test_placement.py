@@ -62,28 +62,55 @@ def test_fresh_outputs_sit_like_their_input(rng, dtype):
         assert y.flags.c_contiguous and y.flags.writeable and dx.flags.aligned
 
 
-def test_pooled_outputs_are_placed_like_their_input_when_one_is_free(rng):
+def test_pooled_outputs_sit_like_their_input_modulo_4_kib(rng):
     fastln.set_output_pool(1 << 30)
     try:
         shape = (1024, 1024)                                  # 4 MiB of float32: pooled
-        x = rng.standard_normal(shape).astype(np.float32)
-        x16, x48 = placed(x, 16), placed(x, 48)
+        x, r, dy = (rng.standard_normal(shape).astype(np.float32) for _ in range(3))
+        # The same offset modulo 64 bytes, not modulo 4 KiB.
+        x16, x2064, r = placed(x, 16, 4096), placed(x, 2064, 4096), placed(r, 1040, 4096)
+        _ops._pool.clear()
         y = fastln.layer_norm(x16, 1024)
-        first = y.ctypes.data
+        assert y.ctypes.data % 4096 == 16
+        buf = y.base.ctypes.data                              # held, the array would not be free
         del y
-        # The only free array, placed for x16, is used all the same: fresh pages cost more.
-        y = fastln.layer_norm(x48, 1024)
-        assert y.ctypes.data == first
-        z = fastln.layer_norm(x48, 1024)                      # none free: a new one, placed
-        assert z.ctypes.data % 64 == 48
-        second = z.ctypes.data
-        del y, z
-        z = fastln.layer_norm(x48, 1024)                      # both free: the one placed
-        assert z.ctypes.data == second
+        # The only free array, made for x16, is placed again in its buffer: fresh pages cost more.
+        y = fastln.layer_norm(x2064, 1024)
+        assert y.base.ctypes.data == buf and y.ctypes.data % 4096 == 2064
+        z = fastln.layer_norm(x2064, 1024)                    # none free: a new one
+        assert z.base.ctypes.data != buf and z.ctypes.data % 4096 == 2064
         assert len(_ops._pool[shape, np.dtype(np.float32)]) == 2
-        np.testing.assert_array_equal(z, fastln.layer_norm(x, 1024))
+        del y, z
+        ya, sa = fastln.add_layer_norm(x16, r, 1024)          # both free, both placed again
+        assert ya.ctypes.data % 4096 == sa.ctypes.data % 4096 == 16
+        assert {id(ya.base), id(sa.base)} == {id(a.base) for a in
+                                              _ops._pool[shape, np.dtype(np.float32)]}
+        np.testing.assert_array_equal(ya, fastln.layer_norm(x + r, 1024))
+        _, mean, rstd = fastln.layer_norm_forward(x2064, 1024)
+        dx = fastln.layer_norm_backward(placed(dy, 3088, 4096), x2064, mean, rstd)[0]
+        assert dx.ctypes.data % 4096 == 3088                  # like dy
+        np.testing.assert_array_equal(dx, fastln.layer_norm_backward(dy, x, mean, rstd)[0])
     finally:
         fastln.set_output_pool(1 << 30)
+
+
+def test_near_placement_helpers():
+    x = np.zeros((64, 64), np.float32)
+    like = placed(x, 528, 4096)
+    a = _cpu.empty_near(x, like, 4096)
+    assert a.shape == x.shape and a.dtype == x.dtype and a.flags.c_contiguous
+    assert a.ctypes.data % 4096 == 528 and a.base.nbytes == x.nbytes + 4096
+    assert _cpu.same_offset(a, like, 4096) and not _cpu.same_offset(a, placed(x, 16, 4096), 4096)
+    b = _cpu.moved_near(a, placed(x, 3600, 4096), 4096)
+    assert b.base is a.base and b.ctypes.data % 4096 == 3600 and b.shape == x.shape
+    assert _cpu.empty_near(x, like).ctypes.data % 64 == 528 % 64
+    with pytest.raises(ValueError, match="not made by empty_near with a period of 64"):
+        _cpu.moved_near(a, like, 64)
+    with pytest.raises(ValueError, match="not made by empty_near"):
+        _cpu.moved_near(x, like, 4096)
+    for bad in (0, 32, 96):
+        with pytest.raises(ValueError, match="power of two of 64 or more"):
+            _cpu.empty_near(x, like, bad)
 
 
 def _half_dtypes():

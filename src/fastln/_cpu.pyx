@@ -568,20 +568,14 @@ def empty(cnp.ndarray a, int start, int stop, object dtype=None):
                              (<cnp.dtype?>dtype).type_num, 0)
 
 
-def empty_near(cnp.ndarray a, cnp.ndarray like):
-    """empty(a, 0, a.ndim) with its data at the same address modulo 64 bytes as like's data.
-
-    A kernel that starts its vector sweep where one array is aligned (see norm_fwd and norm_bwd
-    in _rows_impl.h) then finds the other aligned too. The result is a view of a uint8 buffer
-    64 bytes larger (its .base).
-    """
-    cdef cnp.npy_intp size = cnp.PyArray_NBYTES(a) + 64
-    cdef cnp.ndarray buf = cnp.PyArray_EMPTY(1, &size, cnp.NPY_UINT8, 0)
+cdef cnp.ndarray _view_near(cnp.ndarray buf, cnp.ndarray a, cnp.ndarray like, size_t period):
+    """An array of a's shape and dtype in `buf` (uint8, a.nbytes + period bytes or more), its data
+    at the same address modulo `period` (a power of two) as like's."""
     cdef size_t item = <size_t>cnp.PyArray_ITEMSIZE(a)
-    cdef size_t want = <size_t>cnp.PyArray_DATA(like) % 64
-    cdef size_t have = <size_t>cnp.PyArray_DATA(buf) % 64
+    cdef size_t want = <size_t>cnp.PyArray_DATA(like) % period
+    cdef size_t have = <size_t>cnp.PyArray_DATA(buf) % period
     want -= want % item
-    cdef char *data = <char *>cnp.PyArray_DATA(buf) + (want + 64 - have) % 64
+    cdef char *data = <char *>cnp.PyArray_DATA(buf) + (want + period - have) % period
     cdef cnp.PyArray_Descr *descr = cnp.PyArray_DESCR(a)
     Py_INCREF(<object>descr)
     cdef cnp.ndarray out = PyArray_NewFromDescr(&PyArray_Type, <void *>descr, cnp.PyArray_NDIM(a),
@@ -591,6 +585,40 @@ def empty_near(cnp.ndarray a, cnp.ndarray like):
     return out
 
 
-def same_offset(cnp.ndarray a, cnp.ndarray b):
-    """True if a's and b's data sit at the same address modulo 64 bytes."""
-    return <size_t>cnp.PyArray_DATA(a) % 64 == <size_t>cnp.PyArray_DATA(b) % 64
+cdef size_t _period(object period) except 0:
+    cdef Py_ssize_t p = period
+    if p < 64 or p & (p - 1):
+        raise ValueError(f"period must be a power of two of 64 or more, got {period}")
+    return <size_t>p
+
+
+def empty_near(cnp.ndarray a, cnp.ndarray like, period=64):
+    """empty(a, 0, a.ndim) with its data at the same address modulo `period` bytes (a power of
+    two, 64 or more) as like's data.
+
+    A kernel that starts its vector sweep where one array is aligned (see norm_fwd and norm_bwd
+    in _rows_impl.h) then finds the other aligned too; modulo 4 KiB, where the CPU compares
+    addresses first, none of them sits just ahead of the other (see just_ahead there). The
+    result is a view of a uint8 buffer `period` bytes larger (its .base), which `moved_near` can
+    place again.
+    """
+    cdef size_t p = _period(period)
+    cdef cnp.npy_intp size = cnp.PyArray_NBYTES(a) + p
+    return _view_near(cnp.PyArray_EMPTY(1, &size, cnp.NPY_UINT8, 0), a, like, p)
+
+
+def moved_near(cnp.ndarray a, cnp.ndarray like, period):
+    """An array like `a` (made by empty_near with this period) in a's buffer, at the same address
+    modulo `period` as like's data; its values are unset."""
+    cdef size_t p = _period(period)
+    buf = (<object>a).base
+    if not (isinstance(buf, cnp.ndarray) and cnp.PyArray_TYPE(<cnp.ndarray>buf) == cnp.NPY_UINT8
+            and cnp.PyArray_NBYTES(<cnp.ndarray>buf) == cnp.PyArray_NBYTES(a) + p):
+        raise ValueError(f"the array was not made by empty_near with a period of {p}")
+    return _view_near(<cnp.ndarray>buf, a, like, p)
+
+
+def same_offset(cnp.ndarray a, cnp.ndarray b, period=64):
+    """True if a's and b's data sit at the same address modulo `period` bytes (a power of two)."""
+    cdef size_t p = _period(period)
+    return <size_t>cnp.PyArray_DATA(a) % p == <size_t>cnp.PyArray_DATA(b) % p

@@ -292,6 +292,8 @@ _pool = {}
 # Outputs of this size and more are placed like an input (see _fresh). On smaller ones the
 # extra allocation would cost more than misaligned vectors do.
 _NEAR_MIN_BYTES = 64 << 10
+# Pooled outputs sit where their input does modulo 4 KiB, the others modulo 64 bytes.
+_POOL_PERIOD = 4096
 
 
 def _fresh(x, like=None):
@@ -301,8 +303,14 @@ def _fresh(x, like=None):
     when None): the kernels start their vector sweeps where the output (dx: dy) is aligned, and
     then read the input aligned too. On Zen 5, float32 rows of 1024, one thread, arrays 16 bytes
     off a 64-byte boundary took 1.3x the backward's time and 1.1x the forward's when they were
-    not placed alike. A free pooled array placed otherwise is still used before a new one is
-    made: fresh pages cost more than that (see above).
+    not placed alike.
+
+    Pooled outputs (_POOL_MIN_BYTES on) sit at like's address modulo 4 KiB, the part of an
+    address the CPU compares first: a free pooled array made for an input placed otherwise is
+    placed again in its buffer (4 KiB larger), not replaced by fresh pages, which cost more. One
+    left where it was could sit a few dozen bytes ahead of the input (modulo 4 KiB), where the
+    kernels write with plain stores instead of streaming ones (just_ahead in _rows_impl.h); the
+    residual add's forward took 1.2-1.35x the time there (Zen 3, float32 1024 x 8192, two threads).
     """
     nbytes = x.nbytes
     if nbytes < _NEAR_MIN_BYTES:
@@ -315,16 +323,18 @@ def _fresh(x, like=None):
     spares = _pool.pop(key, [])
     _pool[key] = spares
     free = None
-    for a in spares:
+    for i in range(len(spares)):
+        a = spares[i]
         # Free when held by `spares`, by `a` and by this call only, and its buffer only by it
         # (NumPy makes the buffer the base of every view of `a`).
         if sys.getrefcount(a) == 3 and sys.getrefcount(a.base) == 2:
-            if _cpu.same_offset(a, like):
+            if _cpu.same_offset(a, like, _POOL_PERIOD):
                 return a
-            free = a if free is None else free
+            free = i if free is None else free
     if free is not None:
-        return free
-    a = _cpu.empty_near(x, like)
+        a = spares[free] = _cpu.moved_near(spares[free], like, _POOL_PERIOD)
+        return a
+    a = _cpu.empty_near(x, like, _POOL_PERIOD)
     if len(spares) < _POOL_PER_SHAPE:
         for old in list(_pool):
             if _pooled_bytes() + nbytes <= _pool_max_bytes:
