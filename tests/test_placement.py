@@ -220,7 +220,7 @@ def test_fused_forward_gives_the_same_bits_wherever_its_outputs_are(rng, simd_pa
     for offsets, got in zip(((48, 48), (2096, 2096), (48, 1072)), results[1:]):
         for name, a, g in zip(("y", "sum"), results[0], got):
             np.testing.assert_array_equal(g, a, err_msg=f"{name}, outputs at {offsets}")
-    s = x + r
-    np.testing.assert_array_equal(results[0][1], s)
-    want = reference.rms_norm(s, n, w) if rms else reference.layer_norm(s, n, w)
+    total = x + r
+    np.testing.assert_array_equal(results[0][1], total)
+    want = reference.rms_norm(total, n, w) if rms else reference.layer_norm(total, n, w)
     assert_close(results[0][0], want, dtype)
