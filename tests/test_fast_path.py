@@ -206,6 +206,15 @@ def test_overlap_matches_numpy_bounds():
                 assert (meet == 1) == same_bytes
 
 
+def test_plain():
+    x = np.ones((4, 8), np.float32)
+    unaligned = np.frombuffer(np.zeros(33, np.uint8)[1:], np.float32)
+    assert _cpu.plain(x, None, x[1:], np.array(1.0))
+    assert _cpu.plain()
+    for bad in (x[:, ::2], x.T, unaligned, [1.0], 1.0):
+        assert not _cpu.plain(x, bad, None), bad
+
+
 def test_empty():
     x = np.ones((2, 3, 4), np.float32)
     for start, stop in [(0, 3), (0, 2), (2, 3), (0, 0), (3, 3)]:

@@ -247,8 +247,7 @@ def _plain_backward_inputs(dy, x, mean, rstd, weight, dsum=None):
     if 0 in nshape:
         return None
     w = _plain_param(weight, nshape, stat, 1)
-    if (w is None or not _cpu.plain(dy, x, rstd, w)
-            or not (mean is None or _cpu.plain(mean)) or not (dsum is None or _cpu.plain(dsum))):
+    if w is None or not _cpu.plain(dy, x, rstd, w, mean, dsum):
         return None
     return nshape, w
 
