@@ -502,6 +502,7 @@ def _fused_forward(x, residual, normalized_shape, weight, bias, eps, out, sum_ou
 
 def _backward(dy, x, mean, rstd, weight, dsum=None, rms=False, fused=False):
     """The backward of every op; returns (dx, dweight, dbias); dbias is None for RMSNorm."""
+    # A LayerNorm without a mean goes to the general path, which says what is missing.
     plain = None if rms != (mean is None) else _plain_backward_inputs(dy, x, mean, rstd, weight,
                                                                       dsum)
     ds = None

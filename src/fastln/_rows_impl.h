@@ -986,14 +986,15 @@ static TARGET void NAME(norm_fwd)(const D *x, const D *r, const T *w, const T *b
 }
 
 /* The three sums the backward needs from one row, about the pivot k (the saved mean):
- * sum(x - k), sum(g) and sum(g * (x - k)) with g = dy * w; RMSNorm (rms, k = 0) needs only the
- * last, and the vector sweep forms only it (Zen 3, one thread, cached rows of 1024: the whole
- * backward took 0.92x the time in float32, 0.85x in float16, 0.97x in float64; the same bits).
- * Blocks of BLOCK vectors are summed in T, even and odd vectors in two chains of each sum (one
- * chain waited on the latency of its adds and FMAs: Zen 5, one thread, cached rows of 1024, the
- * whole backward took 0.88x the time with two in float32, 0.86x in float64, the same in 16-bit,
- * where the conversions set the pace; four were slower than two, and for RMSNorm's one sum on
- * Zen 3 no faster), then added to per-lane double sums; lanes and tail in double. */
+ * sum(x - k), sum(g) and sum(g * (x - k)) with g = dy * w. RMSNorm (rms, k = 0) needs only the
+ * last, and only it is formed, the others given as 0 (Zen 3, one thread, cached rows of 1024:
+ * the whole backward took 0.92x the time in float32, 0.85x in float16, 0.97x in float64; the
+ * same bits). Blocks of BLOCK vectors are summed in T, even and odd vectors in two chains of
+ * each sum (one chain waited on the latency of its adds and FMAs: Zen 5, one thread, cached rows
+ * of 1024, the whole backward took 0.88x the time with two in float32, 0.86x in float64, the
+ * same in 16-bit, where the conversions set the pace; four were slower than two, and for
+ * RMSNorm's one sum on Zen 3 no faster), then added to per-lane double sums; lanes and tail in
+ * double. */
 static TARGET FASTLN_ALWAYS_INLINE void NAME(row_grad_sums)(const D *restrict x,
                                                             const D *restrict dy,
                                                             const T *restrict w, Py_ssize_t n,
@@ -1037,8 +1038,8 @@ static TARGET FASTLN_ALWAYS_INLINE void NAME(row_grad_sums)(const D *restrict x,
         sg += g;
         sgd += g * d;
     }
-    out[0] = sd;
-    out[1] = sg;
+    out[0] = rms ? 0.0 : sd;
+    out[1] = rms ? 0.0 : sg;
     out[2] = sgd;
 }
 
