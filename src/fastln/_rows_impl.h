@@ -910,6 +910,7 @@ static TARGET int NAME(just_ahead)(const D *out, const D *in0, const D *in1, con
         }
     return 0;
 }
+
 /* Forward over a block of rows: see fwd_rows; `r` and `sum` are NULL without the residual add,
  * `b` and `mean` with FASTLN_RMS. One specialised copy per (add, RMS) pair. */
 static TARGET void NAME(norm_fwd)(const D *x, const D *r, const T *w, const T *b, D *sum, D *y,
