@@ -300,3 +300,77 @@ def test_new_ops_backward_fast_path_matches_general(rng, general_calls, op, dtyp
         np.testing.assert_allclose(fast[0].astype(np.float64),
                                    without[0].astype(np.float64) + dsum,
                                    rtol=1e-2 if dtype == np.float16 else 1e-5, atol=1e-2)
+
+
+
+def test_plain_forward_takes_only_what_needs_no_conversion():
+    x = np.ones((4, 8), np.float32)
+    w = np.ones(8, np.float32)
+    nshape, w1, b1 = _cpu.plain_forward(x, 8, None, None, 1e-5)
+    assert nshape == (8,) and w1.dtype == b1.dtype == np.float32
+    assert (w1 == 1).all() and (b1 == 0).all() and not w1.flags.writeable
+    assert _cpu.plain_forward(x, (4, 8), np.ones((4, 8), np.float32), None, 0.0)[0] == (4, 8)
+    assert _cpu.plain_forward(x, 8, w, w, 1e-5, x)[1] is w
+    assert _cpu.plain_forward(x.astype(np.float16), 8, w, None, 1e-5)[1] is w
+    refused = {          # name: (x, normalized_shape, weight, bias, eps, residual)
+        "shape a float": (x, 8.0, None, None, 1e-5, None),
+        "shape a bool": (x, True, None, None, 1e-5, None),
+        "shape a list": (x, [8], None, None, 1e-5, None),
+        "shape of numpy ints": (x, (np.int64(8),), None, None, 1e-5, None),
+        "shape not x's": (x, 4, None, None, 1e-5, None),
+        "shape not x's trailing dims": (x, (8, 8), None, None, 1e-5, None),
+        "shape longer than x's": (x, (2, 4, 8), None, None, 1e-5, None),
+        "shape 0": (x, 0, None, None, 1e-5, None),
+        "eps an int": (x, 8, None, None, 1, None),
+        "eps inf": (x, 8, None, None, float("inf"), None),
+        "eps nan": (x, 8, None, None, float("nan"), None),
+        "eps negative": (x, 8, None, None, -1e-5, None),
+        "eps a numpy float": (x, 8, None, None, np.float64(1e-5), None),
+        "weight float64": (x, 8, w.astype(np.float64), None, 1e-5, None),
+        "bias of another shape": (x, 8, None, w[None], 1e-5, None),
+        "weight reversed": (x, 8, w[::-1], None, 1e-5, None),
+        "weight a subclass": (x, 8, w.view(Sub), None, 1e-5, None),
+        "weight float16 for float16 x": (x.astype(np.float16), 8, w.astype(np.float16), None,
+                                         1e-5, None),
+        "x big-endian": (x.astype(">f4"), 8, None, None, 1e-5, None),
+        "x int32": (x.astype(np.int32), 8, None, None, 1e-5, None),
+        "x a numpy scalar": (np.float32(1.0), 1, None, None, 1e-5, None),
+        "x 0-d": (x[0, 0], 1, None, None, 1e-5, None),
+        "residual float64": (x, 8, None, None, 1e-5, x.astype(np.float64)),
+        "residual of another shape": (x, 8, None, None, 1e-5, x[:2]),
+        "residual Fortran-ordered": (x, 8, None, None, 1e-5, np.asfortranarray(x)),
+        "residual a list": (x, 8, None, None, 1e-5, x.tolist()),
+    }
+    for name, args in refused.items():
+        assert _cpu.plain_forward(*args) is None, name
+
+
+def test_plain_backward_takes_only_what_needs_no_conversion():
+    x = np.ones((2, 4, 8), np.float32)
+    mean, rstd = np.zeros((2, 4), np.float32), np.ones((2, 4), np.float32)
+    nshape, w = _cpu.plain_backward(x, x, mean, rstd, None, x)
+    assert nshape == (8,) and w.dtype == np.float32 and (w == 1).all()
+    assert _cpu.plain_backward(x, x, None, np.ones(2, np.float32), None)[0] == (4, 8)
+    assert _cpu.plain_backward(x, x, mean, rstd, w)[1] is w
+    half = x.astype(np.float16)
+    assert _cpu.plain_backward(half, half, mean, rstd, w)[1] is w
+    refused = {          # name: (dy, x, mean, rstd, weight, dsum)
+        "dy of another shape": (x[:1], x, mean, rstd, None, None),
+        "dy float64": (x.astype(np.float64), x, mean, rstd, None, None),
+        "mean float64": (x, x, mean.astype(np.float64), rstd, None, None),
+        "rstd of another shape": (x, x, mean, rstd[:1], None, None),
+        "mean of another shape": (x, x, mean[:, :1], rstd, None, None),
+        "rstd as long as x": (x, x, mean, x, None, None),
+        "weight float64": (x, x, mean, rstd, x[0, 0].astype(np.float64), None),
+        "weight of another shape": (x, x, mean, rstd, x[0], None),
+        "weight a list": (x, x, mean, rstd, [1.0] * 8, None),
+        "dsum float64": (x, x, mean, rstd, None, x.astype(np.float64)),
+        "dsum of another shape": (x, x, mean, rstd, None, x[:1]),
+        "dsum a subclass": (x, x, mean, rstd, None, x.view(Sub)),
+        "mean a subclass": (x, x, mean.view(Sub), rstd, None, None),
+        "rows of no elements": (x[..., :0], x[..., :0], mean, rstd, None, None),
+        "weight float16 for float16 x": (half, half, mean, rstd, half[0, 0], None),
+        "x big-endian": (x.astype(">f4"), x.astype(">f4"), mean, rstd, None, None),
+    }
+    for name, args in refused.items():
+        assert _cpu.plain_backward(*args) is None, name

@@ -1,5 +1,6 @@
 """Type stubs for the compiled CPU backend, fastln._cpu (see _cpu.pyx)."""
 
+from collections.abc import Callable
 from typing import TypedDict
 
 import numpy as np
@@ -48,6 +49,26 @@ def norm_backward(
     rms: bool,
 ) -> None: ...
 def plain(*arrays: object) -> bool: ...
+def set_fast_path(
+    dtypes: tuple[tuple[np.dtype[np.generic], np.dtype[np.floating]], ...],
+    constant: Callable[[int, np.dtype[np.floating], int], npt.NDArray[np.floating]],
+) -> None: ...
+def plain_forward(
+    x: object,
+    normalized_shape: object,
+    weight: object,
+    bias: object,
+    eps: object,
+    residual: object = None,
+) -> tuple[tuple[int, ...], npt.NDArray[np.floating], npt.NDArray[np.floating]] | None: ...
+def plain_backward(
+    dy: object,
+    x: object,
+    mean: object,
+    rstd: object,
+    weight: object,
+    dsum: object = None,
+) -> tuple[tuple[int, ...], npt.NDArray[np.floating]] | None: ...
 def overlap(a: npt.NDArray[np.generic], b: npt.NDArray[np.generic]) -> int: ...
 def can_write(
     out: npt.NDArray[np.generic],

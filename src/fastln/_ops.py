@@ -54,6 +54,7 @@ def _kind(dtype):
     kind = _KINDS.get(dtype)
     if kind is None and dtype.name == "bfloat16":
         kind = _KINDS[dtype] = _cpu.KINDS["bfloat16"]
+        _register_fast_path()
     return kind
 
 
@@ -194,82 +195,17 @@ def _param(name, a, normalized_shape, dtype, default):
 # The fast path. On a row or a few the kernels take well under a microsecond, several times less
 # than the conversions above. Input that needs none of them -- C-contiguous, aligned ndarrays of
 # one native float dtype in the expected shapes, normalized_shape an int or a tuple of ints, eps
-# a float -- is recognised by the cheap identity tests below and skips them. Anything else, every
-# input that must raise included, takes the general path, which checks it in full; both paths
-# end in the same out= check and the same kernel call.
+# a float -- is recognised by identity tests in C (_cpu.plain_forward and plain_backward) and
+# skips them. Anything else, every input that must raise included, takes the general path, which
+# checks it in full; both paths end in the same out= check and the same kernel call.
 
-def _plain_forward_inputs(x, normalized_shape, weight, bias, eps, residual=None):
-    """(normalized_shape as a tuple, weight, bias) as the general path makes them, if it would
-    convert nothing; else None. A `residual` must match x exactly."""
-    if not (type(x) is np.ndarray and type(eps) is float and 0.0 <= eps < math.inf):
-        return None
-    dtype, shape = x.dtype, x.shape
-    pdtype = _plain_param_dtype(dtype)
-    if pdtype is None:
-        return None
-    if residual is not None and not (type(residual) is np.ndarray and residual.dtype is dtype
-                                     and residual.shape == shape and _cpu.plain(residual)):
-        return None
-    if type(normalized_shape) is int:
-        nshape = shape[-1:]
-        if normalized_shape <= 0 or nshape != (normalized_shape,):
-            return None
-    elif (type(normalized_shape) is tuple and 0 < len(normalized_shape) <= len(shape)
-            and shape[len(shape) - len(normalized_shape):] == normalized_shape):
-        nshape = normalized_shape
-        for d in nshape:                # equal to x's dims, but True and 8.0 compare equal too
-            if type(d) is not int or d == 0:
-                return None
-    else:
-        return None
-    w = _plain_param(weight, nshape, pdtype, 1)
-    b = _plain_param(bias, nshape, pdtype, 0)
-    if w is None or b is None or not _cpu.plain(x, w, b):
-        return None
-    return nshape, w, b
+def _register_fast_path():
+    """Tells the fast path which dtypes it takes (those of _KINDS) and where default weights
+    come from."""
+    _cpu.set_fast_path(tuple((dt, _stat_dtype(dt)) for dt in _KINDS), _constant)
 
 
-def _plain_backward_inputs(dy, x, mean, rstd, weight, dsum=None):
-    """(normalized shape, weight) as the general path of the backward makes them, if it would
-    convert nothing; else None. mean is None for RMSNorm; a `dsum` must match dy exactly."""
-    if not (type(x) is np.ndarray and type(dy) is np.ndarray and type(rstd) is np.ndarray
-            and (mean is None or type(mean) is np.ndarray)
-            and (dsum is None or type(dsum) is np.ndarray)):
-        return None
-    dtype, shape, lead = x.dtype, x.shape, rstd.shape
-    stat = _plain_param_dtype(dtype)
-    if not (stat is not None and dy.dtype is dtype and rstd.dtype is stat
-            and dy.shape == shape and len(lead) < len(shape) and shape[:len(lead)] == lead
-            and (mean is None or (mean.dtype is stat and mean.shape == lead))
-            and (dsum is None or (dsum.dtype is dtype and dsum.shape == shape))):
-        return None
-    nshape = shape[len(lead):]
-    if 0 in nshape:
-        return None
-    w = _plain_param(weight, nshape, stat, 1)
-    if w is None or not _cpu.plain(dy, x, rstd, w, mean, dsum):
-        return None
-    return nshape, w
-
-
-def _plain_param_dtype(dtype):
-    """The dtype of weight, bias and statistics that the fast path takes for data of `dtype`
-    (float32 for the 16-bit types, bfloat16 once the general path has seen it); None for
-    data it leaves to the general path."""
-    if dtype is _F32 or dtype is _F64:
-        return dtype
-    if dtype.itemsize == 2 and dtype in _KINDS:
-        return _F32
-    return None
-
-
-def _plain_param(a, nshape, dtype, default):
-    """weight or bias as `_param` makes it, if that converts nothing; else None."""
-    if a is None:
-        return _constant(math.prod(nshape), dtype, default)
-    if type(a) is np.ndarray and a.dtype is dtype and a.shape == nshape:
-        return a
-    return None
+_register_fast_path()
 
 
 # Outputs of 4 MiB and more. glibc serves such sizes with fresh pages (a new mmap, or heap it
@@ -452,7 +388,7 @@ def _forward(x, normalized_shape, weight, bias, eps, out, with_stats, rms=False)
     with_stats, mean for RMSNorm."""
     if rms and eps is None and isinstance(x, np.ndarray) and _kind(x.dtype) is not None:
         eps = _default_rms_eps(x.dtype)
-    plain = _plain_forward_inputs(x, normalized_shape, weight, bias, eps)
+    plain = _cpu.plain_forward(x, normalized_shape, weight, bias, eps)
     if plain is not None:
         nshape, w, b = plain
     elif _gpu.wants_gpu(x, weight, bias, out):          # CuPy arrays: the GPU kernels
@@ -475,7 +411,7 @@ def _fused_forward(x, residual, normalized_shape, weight, bias, eps, out, sum_ou
         raise TypeError("residual must be an array of x's shape and dtype, got None")
     if rms and eps is None and isinstance(x, np.ndarray) and _kind(x.dtype) is not None:
         eps = _default_rms_eps(x.dtype)
-    plain = _plain_forward_inputs(x, normalized_shape, weight, bias, eps, residual)
+    plain = _cpu.plain_forward(x, normalized_shape, weight, bias, eps, residual)
     if plain is not None:
         nshape, w, b = plain
     elif _gpu.wants_gpu(x, residual, weight, bias, out, sum_out):
@@ -503,8 +439,8 @@ def _fused_forward(x, residual, normalized_shape, weight, bias, eps, out, sum_ou
 def _backward(dy, x, mean, rstd, weight, dsum=None, rms=False, fused=False):
     """The backward of every op; returns (dx, dweight, dbias); dbias is None for RMSNorm."""
     # A LayerNorm without a mean goes to the general path, which says what is missing.
-    plain = None if rms != (mean is None) else _plain_backward_inputs(dy, x, mean, rstd, weight,
-                                                                      dsum)
+    plain = (None if rms != (mean is None)
+             else _cpu.plain_backward(dy, x, mean, rstd, weight, dsum))
     ds = None
     if plain is not None:
         nshape, w = plain
