@@ -374,3 +374,43 @@ def test_plain_backward_takes_only_what_needs_no_conversion():
     }
     for name, args in refused.items():
         assert _cpu.plain_backward(*args) is None, name
+
+
+def test_whole_call_in_c_only_where_nothing_is_left_to_place():
+    limit = _ops._NEAR_MIN_BYTES
+    small = np.ones((4, 8), np.float32)
+    large = np.ones((limit // 32, 8), np.float32)        # exactly the limit
+    buf = np.ones((5, 8), np.float32)
+    w = np.full(8, 2.0, np.float32)
+    y, s, mean, rstd = _cpu.forward(small, None, 8, w, None, 1e-5, None, True, False)
+    assert s is None and y.shape == small.shape and mean.shape == rstd.shape == (4,)
+    np.testing.assert_array_equal(y, fastln.layer_norm(small.view(Sub), 8, w))
+    assert _cpu.forward(small, None, 8, w, None, 1e-5, None, False, False)[2:] == (None, None)
+    y, s, mean, rstd = _cpu.forward(small, small + 1, 8, None, None, None, None, True, True)
+    assert mean is None and (s == 3).all() and rstd.dtype == np.float32
+    out = np.empty_like(small)
+    assert _cpu.forward(small, None, 8, w, None, 1e-5, out, False, False)[0] is out
+    inplace = small.copy()
+    assert _cpu.forward(inplace, None, 8, w, None, 1e-5, inplace, False, False)[0] is inplace
+    left = {  # name: (x, residual, out, eps)
+        "large new output": (large, None, None, 1e-5),
+        "large new outputs of the add": (large, large, None, 1e-5),
+        "out strided": (small, None, np.empty((4, 16), np.float32)[:, ::2], 1e-5),
+        "out of another dtype": (small, None, np.empty((4, 8)), 1e-5),
+        "out overlapping x": (buf[1:], None, buf[:-1], 1e-5),
+        "out a list": (small, None, [0.0] * 32, 1e-5),
+        "out with the add": (small, small, out, 1e-5),
+        "eps None for LayerNorm": (small, None, None, None),
+        "x a subclass": (small.view(Sub), None, None, 1e-5),
+    }
+    for name, (x, r, o, eps) in left.items():
+        assert _cpu.forward(x, r, 8, w, None, eps, o, True, False) is None, name
+    assert _cpu.forward(large, None, 8, w, None, 1e-5, np.empty_like(large), True, False)
+    _, mean, rstd = fastln.layer_norm_forward(small, 8)
+    dx, dw, db = _cpu.backward(small, small, mean, rstd, w, None, False)
+    assert dx.shape == small.shape and dw.shape == db.shape == (8,)
+    assert _cpu.backward(small, small, None, rstd, None, small, True)[1:] == (None, None)
+    assert _cpu.backward(small, small, None, rstd, w, None, False) is None   # no mean
+    assert _cpu.backward(small, small, mean, rstd, w, None, True) is None    # RMSNorm, a mean
+    assert _cpu.backward(large, large, np.zeros(len(large), np.float32),
+                         np.ones(len(large), np.float32), w, None, False) is None

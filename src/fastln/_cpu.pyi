@@ -50,8 +50,9 @@ def norm_backward(
 ) -> None: ...
 def plain(*arrays: object) -> bool: ...
 def set_fast_path(
-    dtypes: tuple[tuple[np.dtype[np.generic], np.dtype[np.floating]], ...],
+    dtypes: tuple[tuple[np.dtype[np.generic], np.dtype[np.floating], int, float], ...],
     constant: Callable[[int, np.dtype[np.floating], int], npt.NDArray[np.floating]],
+    max_bytes: int,
 ) -> None: ...
 def plain_forward(
     x: object,
@@ -69,6 +70,33 @@ def plain_backward(
     weight: object,
     dsum: object = None,
 ) -> tuple[tuple[int, ...], npt.NDArray[np.floating]] | None: ...
+def forward(
+    x: object,
+    residual: object,
+    normalized_shape: object,
+    weight: object,
+    bias: object,
+    eps: object,
+    out: object,
+    with_stats: bool,
+    rms: bool,
+) -> tuple[
+    npt.NDArray[np.generic],
+    npt.NDArray[np.generic] | None,
+    npt.NDArray[np.floating] | None,
+    npt.NDArray[np.floating] | None,
+] | None: ...
+def backward(
+    dy: object,
+    x: object,
+    mean: object,
+    rstd: object,
+    weight: object,
+    dsum: object,
+    rms: bool,
+) -> tuple[
+    npt.NDArray[np.generic], npt.NDArray[np.floating] | None, npt.NDArray[np.floating] | None
+] | None: ...
 def overlap(a: npt.NDArray[np.generic], b: npt.NDArray[np.generic]) -> int: ...
 def can_write(
     out: npt.NDArray[np.generic],

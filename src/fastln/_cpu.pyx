@@ -308,7 +308,7 @@ cdef void _fwd_rows(const FwdArgs *a, Py_ssize_t r0, Py_ssize_t r1) noexcept nog
              <float *>_at(a.rstd, stat), r1 - r0, n, a.eps, a.flags)
 
 
-def norm_forward(int kind, cnp.ndarray x, object r, cnp.ndarray w, object b, object s,
+cpdef norm_forward(int kind, cnp.ndarray x, object r, cnp.ndarray w, object b, object s,
                  cnp.ndarray y, object mean, object rstd, double eps, bint rms):
     """y[:] = layer norm (RMS norm if `rms`) of the rows of x, or of s = x + r when r is given,
     writing s[:] too; mean[:] (LayerNorm) and rstd[:] too unless they are None.
@@ -432,7 +432,7 @@ cdef double *_partials(BwdArgs *a, double **raw, Py_ssize_t *nbytes) noexcept no
     return base + (8 - head % 8) % 8
 
 
-def norm_backward(int kind, cnp.ndarray dy, cnp.ndarray x, object mean, cnp.ndarray rstd,
+cpdef norm_backward(int kind, cnp.ndarray dy, cnp.ndarray x, object mean, cnp.ndarray rstd,
                   cnp.ndarray w, object ds, cnp.ndarray dx, object dw, object db, bint rms):
     """dx[:], dw[:] and db[:] (each unless None) of layer norm (RMS norm if `rms`), in one fused
     sweep per block; dx also gets `ds` added (the fused add's incoming gradient) when given.
@@ -509,27 +509,32 @@ def plain(*arrays):
     return True
 
 
-# The fast path's checks, for fastln._ops (see the comment there). They repeat in C what the
-# general path would find: about 0.1 us against 1.1 to 1.3 us as Python, on calls whose kernel
-# takes 0.4 us. fastln._ops registers the dtypes they take and its cache of default weights.
-cdef tuple _fast_dtypes = ()          # ((data dtype, dtype of weight and statistics), ...)
+# The fast path, for fastln._ops (see the comment there). plain_forward and plain_backward
+# repeat in C the checks of the general path for input that needs no conversion: about 0.1 us
+# against 1.1 to 1.3 us as Python, on calls whose kernel takes 0.4 us. forward and backward do
+# the whole call for such input where nothing is left for fastln._ops to place or check.
+# fastln._ops registers the dtypes they take, its cache of default weights, and the size from
+# which it places outputs itself.
+cdef tuple _fast_dtypes = ()          # ((data dtype, statistics dtype, kind, RMSNorm eps), ...)
 cdef object _fast_constant = None     # (n, dtype, value) -> read-only vector of `value`
+cdef Py_ssize_t _fast_max_bytes = 0   # forward and backward make outputs of fewer bytes only
 
 
-def set_fast_path(tuple dtypes, constant):
-    """Registers what plain_forward and plain_backward take: `dtypes`, pairs (data dtype, dtype
-    of its weight, bias and statistics), matched by identity; `constant(n, dtype, value)` gives
-    the weight or bias used when none is passed."""
-    global _fast_dtypes, _fast_constant
-    _fast_dtypes, _fast_constant = dtypes, constant
+def set_fast_path(tuple dtypes, constant, Py_ssize_t max_bytes):
+    """Registers what the fast path takes: `dtypes`, tuples (data dtype, dtype of its weight,
+    bias and statistics, its kind in KINDS, RMSNorm's default eps for it), matched by identity;
+    `constant(n, dtype, value)`, the weight or bias used when none is passed; and `max_bytes`:
+    forward and backward make outputs under this size only."""
+    global _fast_dtypes, _fast_constant, _fast_max_bytes
+    _fast_dtypes, _fast_constant, _fast_max_bytes = dtypes, constant, max_bytes
 
 
-cdef object _param_dtype(cnp.ndarray x):
-    """The weight and statistics dtype registered for x's dtype; None if it has none."""
+cdef tuple _fast_entry(cnp.ndarray x):
+    """The entry registered for x's dtype; None if it has none."""
     cdef object dtype = <object>cnp.PyArray_DESCR(x)
-    for pair in _fast_dtypes:
-        if (<tuple>pair)[0] is dtype:
-            return (<tuple>pair)[1]
+    for entry in _fast_dtypes:
+        if (<tuple>entry)[0] is dtype:
+            return <tuple>entry
     return None
 
 
@@ -568,19 +573,25 @@ cdef object _plain_param(object a, cnp.ndarray x, int lead, object dtype, int de
     return None
 
 
-def plain_forward(x, normalized_shape, weight, bias, eps, residual=None):
-    """(normalized_shape as a tuple, weight, bias) as the general path of a forward makes them,
-    if it would convert nothing; else None. A `residual` must match x exactly."""
-    if not (_plain1(x) and type(eps) is float):
+cdef tuple _plain_fwd(object x, object normalized_shape, object weight, object bias, object eps,
+                      object residual, bint rms):
+    """(normalized shape, weight, bias, x's entry, number of leading dims, eps) for plain_forward
+    and forward; eps None is RMSNorm's default with `rms`."""
+    if not _plain1(x):
+        return None
+    cdef cnp.ndarray xa = <cnp.ndarray>x
+    cdef int ndim = cnp.PyArray_NDIM(xa), k, i
+    entry = _fast_entry(xa)
+    if entry is None:
+        return None
+    if eps is None and rms:
+        eps = entry[3]
+    if type(eps) is not float:
         return None
     cdef double e = eps
     if not (0.0 <= e < INFINITY):
         return None
-    cdef cnp.ndarray xa = <cnp.ndarray>x
-    cdef int ndim = cnp.PyArray_NDIM(xa), k, i
-    dtype, pdtype = <object>cnp.PyArray_DESCR(xa), _param_dtype(xa)
-    if pdtype is None:
-        return None
+    dtype, pdtype = entry[0], entry[1]
     if residual is not None and not (_plain1(residual) and _same_dtype(residual, dtype)
                                      and _dims_are(residual, xa, 0, ndim)):
         return None
@@ -606,20 +617,31 @@ def plain_forward(x, normalized_shape, weight, bias, eps, residual=None):
     b = _plain_param(bias, xa, ndim - k, pdtype, 0)
     if b is None:
         return None
-    return nshape, w, b
+    return nshape, w, b, entry, ndim - k, eps
 
 
-def plain_backward(dy, x, mean, rstd, weight, dsum=None):
-    """(normalized shape, weight) as the general path of a backward makes them, if it would
-    convert nothing; else None. mean is None for RMSNorm; a `dsum` must match dy exactly."""
+def plain_forward(x, normalized_shape, weight, bias, eps, residual=None):
+    """(normalized_shape as a tuple, weight, bias) as the general path of a forward makes them,
+    if it would convert nothing; else None. A `residual` must match x exactly."""
+    plain = _plain_fwd(x, normalized_shape, weight, bias, eps, residual, False)
+    return None if plain is None else plain[:3]
+
+
+cdef tuple _plain_bwd(object dy, object x, object mean, object rstd, object weight,
+                      object dsum):
+    """(normalized shape, weight, x's entry, number of leading dims) for plain_backward and
+    backward."""
     if not (_plain1(x) and _plain1(dy) and _plain1(rstd) and (mean is None or _plain1(mean))
             and (dsum is None or _plain1(dsum))):
         return None
     cdef cnp.ndarray xa = <cnp.ndarray>x
     cdef int ndim = cnp.PyArray_NDIM(xa), lead = cnp.PyArray_NDIM(<cnp.ndarray>rstd), i
-    dtype, stat = <object>cnp.PyArray_DESCR(xa), _param_dtype(xa)
-    if not (stat is not None and _same_dtype(dy, dtype) and _same_dtype(rstd, stat)
-            and _dims_are(dy, xa, 0, ndim) and lead < ndim and _dims_are(rstd, xa, 0, lead)
+    entry = _fast_entry(xa)
+    if entry is None:
+        return None
+    dtype, stat = entry[0], entry[1]
+    if not (_same_dtype(dy, dtype) and _same_dtype(rstd, stat) and _dims_are(dy, xa, 0, ndim)
+            and lead < ndim and _dims_are(rstd, xa, 0, lead)
             and (mean is None or (_same_dtype(mean, stat) and _dims_are(mean, xa, 0, lead)))
             and (dsum is None or (_same_dtype(dsum, dtype) and _dims_are(dsum, xa, 0, ndim)))):
         return None
@@ -629,7 +651,77 @@ def plain_backward(dy, x, mean, rstd, weight, dsum=None):
     w = _plain_param(weight, xa, lead, stat, 1)
     if w is None:
         return None
-    return x.shape[lead:], w
+    return x.shape[lead:], w, entry, lead
+
+
+def plain_backward(dy, x, mean, rstd, weight, dsum=None):
+    """(normalized shape, weight) as the general path of a backward makes them, if it would
+    convert nothing; else None. mean is None for RMSNorm; a `dsum` must match dy exactly."""
+    plain = _plain_bwd(dy, x, mean, rstd, weight, dsum)
+    return None if plain is None else plain[:2]
+
+
+cdef inline object _new(cnp.ndarray x, int start, int stop, object dtype):
+    """empty(x, start, stop, dtype) for a dtype of the fast path."""
+    return cnp.PyArray_EMPTY(stop - start, cnp.PyArray_DIMS(x) + start,
+                             (<cnp.dtype>dtype).type_num, 0)
+
+
+def forward(x, residual, normalized_shape, weight, bias, eps, out, bint with_stats, bint rms):
+    """The whole forward of LayerNorm (RMSNorm if `rms`; with the residual add when `residual`
+    is not None) for input that plain_forward takes: (y, s, mean, rstd), s the sum (None
+    without a residual), the statistics None unless `with_stats` (mean None for RMSNorm; the
+    fused add wants them). eps None is RMSNorm's default.
+
+    y goes into `out` where can_write takes it (never with a residual), else into a new array if
+    it has fewer bytes than set_fast_path's limit and no out is given; s likewise. Otherwise,
+    and for any other input, it does nothing and returns None: fastln._ops then checks and
+    places the outputs.
+    """
+    plain = _plain_fwd(x, normalized_shape, weight, bias, eps, residual, rms)
+    if plain is None:
+        return None
+    cdef cnp.ndarray xa = <cnp.ndarray>x
+    cdef int ndim = cnp.PyArray_NDIM(xa), lead = plain[4]
+    w, b, stat = plain[1], plain[2], plain[3][1]
+    s = mean = rstd = None
+    if out is None:
+        if cnp.PyArray_NBYTES(xa) >= _fast_max_bytes:
+            return None
+        y = _new(xa, 0, ndim, plain[3][0])
+        if residual is not None:
+            s = _new(xa, 0, ndim, plain[3][0])
+    elif residual is None and isinstance(out, cnp.ndarray) and _can_write(out, xa, (w, b)):
+        y = out
+    else:
+        return None
+    if with_stats:
+        mean = None if rms else _new(xa, 0, lead, stat)
+        rstd = _new(xa, 0, lead, stat)
+    norm_forward(plain[3][2], xa, residual, w, b, s, y, mean, rstd, plain[5], rms)
+    return y, s, mean, rstd
+
+
+def backward(dy, x, mean, rstd, weight, dsum, bint rms):
+    """The whole backward (see norm_backward) for input that plain_backward takes and a dx of
+    fewer bytes than set_fast_path's limit: (dx, dweight, dbias), dweight None without a
+    weight, dbias None for RMSNorm. Otherwise it does nothing and returns None. A LayerNorm
+    (not `rms`) needs a mean, RMSNorm none."""
+    if rms != (mean is None):
+        return None
+    plain = _plain_bwd(dy, x, mean, rstd, weight, dsum)
+    if plain is None:
+        return None
+    cdef cnp.ndarray xa = <cnp.ndarray>x
+    if cnp.PyArray_NBYTES(xa) >= _fast_max_bytes:
+        return None
+    cdef int ndim = cnp.PyArray_NDIM(xa), lead = plain[3]
+    stat = plain[2][1]
+    dx = _new(xa, 0, ndim, plain[2][0])
+    dweight = None if weight is None else _new(xa, lead, ndim, stat)
+    dbias = None if rms else _new(xa, lead, ndim, stat)
+    norm_backward(plain[2][2], dy, xa, mean, rstd, plain[1], dsum, dx, dweight, dbias, rms)
+    return dx, dweight, dbias
 
 
 cdef bint _byte_bounds(cnp.ndarray a, char **lo, char **hi) noexcept:
@@ -676,6 +768,10 @@ def can_write(cnp.ndarray out, cnp.ndarray x, *inputs):
     are either exactly x's (the kernels work in place) or apart from x's, and apart from every
     input's.
     """
+    return _can_write(out, x, inputs)
+
+
+cdef bint _can_write(cnp.ndarray out, cnp.ndarray x, tuple inputs) except -1:
     cdef int i
     if not (cnp.PyArray_NDIM(out) == cnp.PyArray_NDIM(x)
             and cnp.PyArray_EquivArrTypes(out, x)

@@ -197,15 +197,16 @@ def _param(name, a, normalized_shape, dtype, default):
 # one native float dtype in the expected shapes, normalized_shape an int or a tuple of ints, eps
 # a float -- is recognised by identity tests in C (_cpu.plain_forward and plain_backward) and
 # skips them. Anything else, every input that must raise included, takes the general path, which
-# checks it in full; both paths end in the same out= check and the same kernel call.
+# checks it in full; both paths end in the same out= check and the same kernel call. Where the
+# outputs are small and new, or `out` takes the result as it is, _cpu.forward and _cpu.backward
+# do the whole call in C: on a row of 768 float32 values the Python around the kernel had cost
+# more than the kernel itself.
 
 def _register_fast_path():
-    """Tells the fast path which dtypes it takes (those of _KINDS) and where default weights
-    come from."""
-    _cpu.set_fast_path(tuple((dt, _stat_dtype(dt)) for dt in _KINDS), _constant)
-
-
-_register_fast_path()
+    """Tells the fast path which dtypes it takes (those of _KINDS), where default weights come
+    from, and from which size _fresh places outputs (which the fast path then leaves to it)."""
+    _cpu.set_fast_path(tuple((dt, _stat_dtype(dt), kind, _default_rms_eps(dt))
+                             for dt, kind in _KINDS.items()), _constant, _NEAR_MIN_BYTES)
 
 
 # Outputs of 4 MiB and more. glibc serves such sizes with fresh pages (a new mmap, or heap it
@@ -229,6 +230,8 @@ _pool = {}
 _NEAR_MIN_BYTES = 64 << 10
 # Pooled outputs sit where their input does modulo 4 KiB, the others modulo 64 bytes.
 _POOL_PERIOD = 4096
+
+_register_fast_path()
 
 
 def _fresh(x, like=None):
@@ -386,6 +389,9 @@ def _stats(x, nshape, rms):
 def _forward(x, normalized_shape, weight, bias, eps, out, with_stats, rms=False):
     """The forward of LayerNorm, or (rms) RMSNorm: (y, mean, rstd), the statistics None unless
     with_stats, mean for RMSNorm."""
+    done = _cpu.forward(x, None, normalized_shape, weight, bias, eps, out, with_stats, rms)
+    if done is not None:
+        return done[0], done[2], done[3]
     if rms and eps is None and isinstance(x, np.ndarray) and _kind(x.dtype) is not None:
         eps = _default_rms_eps(x.dtype)
     plain = _cpu.plain_forward(x, normalized_shape, weight, bias, eps)
@@ -409,6 +415,10 @@ def _fused_forward(x, residual, normalized_shape, weight, bias, eps, out, sum_ou
     """The forward of the fused residual add + norm: (y, s, mean, rstd)."""
     if residual is None:
         raise TypeError("residual must be an array of x's shape and dtype, got None")
+    if out is None and sum_out is None:
+        done = _cpu.forward(x, residual, normalized_shape, weight, bias, eps, None, True, rms)
+        if done is not None:
+            return done
     if rms and eps is None and isinstance(x, np.ndarray) and _kind(x.dtype) is not None:
         eps = _default_rms_eps(x.dtype)
     plain = _cpu.plain_forward(x, normalized_shape, weight, bias, eps, residual)
@@ -438,6 +448,9 @@ def _fused_forward(x, residual, normalized_shape, weight, bias, eps, out, sum_ou
 
 def _backward(dy, x, mean, rstd, weight, dsum=None, rms=False, fused=False):
     """The backward of every op; returns (dx, dweight, dbias); dbias is None for RMSNorm."""
+    done = _cpu.backward(dy, x, mean, rstd, weight, dsum, rms)
+    if done is not None:
+        return done
     # A LayerNorm without a mean goes to the general path, which says what is missing.
     plain = (None if rms != (mean is None)
              else _cpu.plain_backward(dy, x, mean, rstd, weight, dsum))
