@@ -340,6 +340,33 @@ def test_large_fused_add_streams_with_the_same_bits(rng):
         np.testing.assert_array_equal(s[i], s1[0])
 
 
+@pytest.mark.parametrize("op", ["add_layer_norm", "add_rms_norm"])
+def test_large_fused_add_into_outputs_that_meet_modulo_4_kib(rng, op):
+    # Streamed y and sum within 256 bytes of each other modulo 4 KiB are written in two sweeps,
+    # the one that is an input (in place) second; both in place, in one. Same bits every way.
+    n = 1024
+    shape = ((8 << 20) // (4 * n) + 3, n)
+    x = placed(rng.standard_normal(shape).astype(np.float32), 16, 4096)
+    r = placed(rng.standard_normal(shape).astype(np.float32), 16, 4096)
+    fn = getattr(fastln, op)
+    y0, s0 = fn(x, r, n)
+    for y_at, s_at in [(16, 16), (528, 592), (592, 528), (16, 2064)]:
+        out, sum_out = placed(np.zeros(shape, np.float32), y_at, 4096), placed(
+            np.zeros(shape, np.float32), s_at, 4096)
+        y, s = fn(x, r, n, out=out, sum_out=sum_out)
+        assert y is out and s is sum_out
+        np.testing.assert_array_equal(y, y0, err_msg=f"y at {y_at}, sum at {s_at}")
+        np.testing.assert_array_equal(s, s0, err_msg=f"y at {y_at}, sum at {s_at}")
+    for name, out, sum_out in [("y into x", "x", "new"), ("the sum into r", "new", "r"),
+                               ("y into r, the sum into x", "r", "x")]:
+        arrays = {"x": placed(x, 16, 4096), "r": placed(r, 16, 4096),
+                  "new": placed(np.zeros(shape, np.float32), 16, 4096)}
+        y, s = fn(arrays["x"], arrays["r"], n, out=arrays[out], sum_out=arrays[sum_out])
+        assert y is arrays[out] and s is arrays[sum_out]
+        np.testing.assert_array_equal(y, y0, err_msg=name)
+        np.testing.assert_array_equal(s, s0, err_msg=name)
+
+
 @pytest.mark.parametrize("n", [256, 770, 1027])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_cached_rows_written_in_pieces_keep_their_bits(rng, dtype, n):

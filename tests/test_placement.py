@@ -81,8 +81,10 @@ def test_pooled_outputs_sit_like_their_input_modulo_4_kib(rng):
         assert z.base.ctypes.data != buf and z.ctypes.data % 4096 == 2064
         assert len(_ops._pool[shape, np.dtype(np.float32)]) == 2
         del y, z
-        ya, sa = fastln.add_layer_norm(x16, r, 1024)          # both free, both placed again
-        assert ya.ctypes.data % 4096 == sa.ctypes.data % 4096 == 16
+        # Both free, both made for x2064: the sum is placed again at x16's offset, y 2 KiB from
+        # it finds one where it wants it.
+        ya, sa = fastln.add_layer_norm(x16, r, 1024)
+        assert sa.ctypes.data % 4096 == 16 and ya.ctypes.data % 4096 == 2064
         assert {id(ya.base), id(sa.base)} == {id(a.base) for a in
                                               _ops._pool[shape, np.dtype(np.float32)]}
         np.testing.assert_array_equal(ya, fastln.layer_norm(x + r, 1024))
@@ -104,6 +106,11 @@ def test_near_placement_helpers():
     b = _cpu.moved_near(a, placed(x, 3600, 4096), 4096)
     assert b.base is a.base and b.ctypes.data % 4096 == 3600 and b.shape == x.shape
     assert _cpu.empty_near(x, like).ctypes.data % 64 == 528 % 64
+    c = _cpu.empty_near(x, like, 4096, 2048)                 # 2 KiB further on
+    assert c.ctypes.data % 4096 == 2576 and _cpu.same_offset(c, like, 4096, 2048)
+    assert not _cpu.same_offset(c, like, 4096)
+    c = _cpu.moved_near(c, like, 4096, 3600)
+    assert c.ctypes.data % 4096 == (528 + 3600) % 4096 and c.base.nbytes == x.nbytes + 4096
     with pytest.raises(ValueError, match="not made by empty_near with a period of 64"):
         _cpu.moved_near(a, like, 64)
     with pytest.raises(ValueError, match="not made by empty_near"):

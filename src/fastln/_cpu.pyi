@@ -107,11 +107,11 @@ def empty(
     a: npt.NDArray[np.generic], start: int, stop: int, dtype: object = None
 ) -> npt.NDArray[np.generic]: ...
 def empty_near(
-    a: npt.NDArray[np.generic], like: npt.NDArray[np.generic], period: int = 64
+    a: npt.NDArray[np.generic], like: npt.NDArray[np.generic], period: int = 64, shift: int = 0
 ) -> npt.NDArray[np.generic]: ...
 def moved_near(
-    a: npt.NDArray[np.generic], like: npt.NDArray[np.generic], period: int
+    a: npt.NDArray[np.generic], like: npt.NDArray[np.generic], period: int, shift: int = 0
 ) -> npt.NDArray[np.generic]: ...
 def same_offset(
-    a: npt.NDArray[np.generic], b: npt.NDArray[np.generic], period: int = 64
+    a: npt.NDArray[np.generic], b: npt.NDArray[np.generic], period: int = 64, shift: int = 0
 ) -> bool: ...

@@ -804,11 +804,12 @@ def empty(cnp.ndarray a, int start, int stop, object dtype=None):
                              (<cnp.dtype?>dtype).type_num, 0)
 
 
-cdef cnp.ndarray _view_near(cnp.ndarray buf, cnp.ndarray a, cnp.ndarray like, size_t period):
+cdef cnp.ndarray _view_near(cnp.ndarray buf, cnp.ndarray a, cnp.ndarray like, size_t period,
+                            size_t shift):
     """An array of a's shape and dtype in `buf` (uint8, a.nbytes + period bytes or more), its data
-    at the same address modulo `period` (a power of two) as like's."""
+    at like's address + `shift` modulo `period` (a power of two)."""
     cdef size_t item = <size_t>cnp.PyArray_ITEMSIZE(a)
-    cdef size_t want = <size_t>cnp.PyArray_DATA(like) % period
+    cdef size_t want = (<size_t>cnp.PyArray_DATA(like) + shift) % period
     cdef size_t have = <size_t>cnp.PyArray_DATA(buf) % period
     want -= want % item
     cdef char *data = <char *>cnp.PyArray_DATA(buf) + (want + period - have) % period
@@ -828,9 +829,9 @@ cdef size_t _period(object period) except 0:
     return <size_t>p
 
 
-def empty_near(cnp.ndarray a, cnp.ndarray like, period=64):
+def empty_near(cnp.ndarray a, cnp.ndarray like, period=64, shift=0):
     """empty(a, 0, a.ndim) with its data at the same address modulo `period` bytes (a power of
-    two, 64 or more) as like's data.
+    two, 64 or more) as like's data, or `shift` bytes past it.
 
     A kernel that starts its vector sweep where one array is aligned (see norm_fwd and norm_bwd
     in _rows_impl.h) then finds the other aligned too; modulo 4 KiB, where the CPU compares
@@ -840,21 +841,22 @@ def empty_near(cnp.ndarray a, cnp.ndarray like, period=64):
     """
     cdef size_t p = _period(period)
     cdef cnp.npy_intp size = cnp.PyArray_NBYTES(a) + p
-    return _view_near(cnp.PyArray_EMPTY(1, &size, cnp.NPY_UINT8, 0), a, like, p)
+    return _view_near(cnp.PyArray_EMPTY(1, &size, cnp.NPY_UINT8, 0), a, like, p, shift)
 
 
-def moved_near(cnp.ndarray a, cnp.ndarray like, period):
+def moved_near(cnp.ndarray a, cnp.ndarray like, period, shift=0):
     """An array like `a` (made by empty_near with this period) in a's buffer, at the same address
-    modulo `period` as like's data; its values are unset."""
+    modulo `period` as like's data, or `shift` bytes past it; its values are unset."""
     cdef size_t p = _period(period)
     buf = (<object>a).base
     if not (isinstance(buf, cnp.ndarray) and cnp.PyArray_TYPE(<cnp.ndarray>buf) == cnp.NPY_UINT8
             and cnp.PyArray_NBYTES(<cnp.ndarray>buf) == cnp.PyArray_NBYTES(a) + p):
         raise ValueError(f"the array was not made by empty_near with a period of {p}")
-    return _view_near(<cnp.ndarray>buf, a, like, p)
+    return _view_near(<cnp.ndarray>buf, a, like, p, shift)
 
 
-def same_offset(cnp.ndarray a, cnp.ndarray b, period=64):
-    """True if a's and b's data sit at the same address modulo `period` bytes (a power of two)."""
+def same_offset(cnp.ndarray a, cnp.ndarray b, period=64, shift=0):
+    """True if a's data sit at the same address modulo `period` bytes (a power of two) as b's,
+    or `shift` bytes past it."""
     cdef size_t p = _period(period)
-    return <size_t>cnp.PyArray_DATA(a) % p == <size_t>cnp.PyArray_DATA(b) % p
+    return <size_t>cnp.PyArray_DATA(a) % p == (<size_t>cnp.PyArray_DATA(b) + <size_t>shift) % p

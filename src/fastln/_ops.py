@@ -234,7 +234,7 @@ _POOL_PERIOD = 4096
 _register_fast_path()
 
 
-def _fresh(x, like=None):
+def _fresh(x, like=None, shift=0):
     """An uninitialized array of x's shape and dtype, reused from the pool when one is free.
 
     From _NEAR_MIN_BYTES on, its data sits at the same address modulo 64 bytes as like's (x's
@@ -249,13 +249,18 @@ def _fresh(x, like=None):
     left where it was could sit a few dozen bytes ahead of the input (modulo 4 KiB), where the
     kernels write with plain stores instead of streaming ones (just_ahead in _rows_impl.h); the
     residual add's forward took 1.2-1.35x the time there (Zen 3, float32 1024 x 8192, two threads).
+    Outputs of that size that the pool cannot hold are placed modulo 4 KiB too. `shift` moves
+    them that many bytes further on: the residual add's y goes 2 KiB from its sum, which the
+    kernels otherwise write in two sweeps (see fwd_rows).
     """
     nbytes = x.nbytes
     if nbytes < _NEAR_MIN_BYTES:
         return _cpu.empty(x, 0, x.ndim)
     like = x if like is None else like
-    if nbytes < _POOL_MIN_BYTES or nbytes * 2 > _pool_max_bytes:
+    if nbytes < _POOL_MIN_BYTES:
         return _cpu.empty_near(x, like)
+    if nbytes * 2 > _pool_max_bytes:
+        return _cpu.empty_near(x, like, _POOL_PERIOD, shift)
     key = (x.shape, x.dtype)
     # Moved to the end as the shape used last (pop and insert: another thread may drop it).
     spares = _pool.pop(key, [])
@@ -266,13 +271,13 @@ def _fresh(x, like=None):
         # Free when held by `spares`, by `a` and by this call only, and its buffer only by it
         # (NumPy makes the buffer the base of every view of `a`).
         if sys.getrefcount(a) == 3 and sys.getrefcount(a.base) == 2:
-            if _cpu.same_offset(a, like, _POOL_PERIOD):
+            if _cpu.same_offset(a, like, _POOL_PERIOD, shift):
                 return a
             free = i if free is None else free
     if free is not None:
-        a = spares[free] = _cpu.moved_near(spares[free], like, _POOL_PERIOD)
+        a = spares[free] = _cpu.moved_near(spares[free], like, _POOL_PERIOD, shift)
         return a
-    a = _cpu.empty_near(x, like, _POOL_PERIOD)
+    a = _cpu.empty_near(x, like, _POOL_PERIOD, shift)
     if len(spares) < _POOL_PER_SHAPE:
         for old in list(_pool):
             if _pooled_bytes() + nbytes <= _pool_max_bytes:
@@ -432,7 +437,7 @@ def _fused_forward(x, residual, normalized_shape, weight, bias, eps, out, sum_ou
                                                          rms, residual)
     if out is None and sum_out is None:
         s = target_s = _fresh(x)
-        y = target = _fresh(x)
+        y = target = _fresh(x, shift=_POOL_PERIOD // 2)
         copy_s = copy_to = None
     else:
         inputs = {"x": x, "residual": residual}

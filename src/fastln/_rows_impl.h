@@ -475,25 +475,31 @@ typedef struct {
     Py_ssize_t head, n; /* the first column of the vector sweep; the row's length */
 } NAME(outrow);
 
-/* Columns i to i + W of o's row: y, and with the fused residual add the sum. */
+/* Columns i to i + W of o's row: y, and with the fused residual add the sum; `only`
+ * FASTLN_FWD_Y or FASTLN_FWD_SUM writes that one alone (see fwd_rows), 0 both. */
+#define FASTLN_FWD_Y 1
+#define FASTLN_FWD_SUM 2
 static TARGET FASTLN_ALWAYS_INLINE void NAME(fwd_vec)(const NAME(outrow) o, Py_ssize_t i,
                                                       const int fused, const int rms,
-                                                      const int stream, const int stream_sum)
+                                                      const int stream, const int stream_sum,
+                                                      const int only)
 {
     const V si = NAME(vat)(o.xr, o.rr, fused, i);
-    const V scaled = o.rsv * NAME(load)(o.w + i);
-    V out;
-    if (rms)
-        out = si * scaled;
-    else
-        out = NAME(fma)((si - o.pv) - o.muv, scaled, NAME(load)(o.b + i));
-    if (stream)
-        NAME(streams)(o.yr + i, out);
-    else
-        NAME(sts)(o.yr + i, out);
-    if (fused && stream_sum)
+    if (only != FASTLN_FWD_SUM) {
+        const V scaled = o.rsv * NAME(load)(o.w + i);
+        V out;
+        if (rms)
+            out = si * scaled;
+        else
+            out = NAME(fma)((si - o.pv) - o.muv, scaled, NAME(load)(o.b + i));
+        if (stream)
+            NAME(streams)(o.yr + i, out);
+        else
+            NAME(sts)(o.yr + i, out);
+    }
+    if (fused && stream_sum && only != FASTLN_FWD_Y)
         NAME(streams)(o.sr + i, si);
-    else if (fused)
+    else if (fused && only != FASTLN_FWD_Y)
         NAME(sts)(o.sr + i, si);
 }
 
@@ -503,7 +509,7 @@ static TARGET FASTLN_ALWAYS_INLINE void NAME(fwd_span)(const NAME(outrow) o, Py_
                                                        const int rms)
 {
     for (Py_ssize_t i = o.head + k0 * W; i < o.head + k1 * W && i + W <= o.n; i += W)
-        NAME(fwd_vec)(o, i, fused, rms, 0, 0);
+        NAME(fwd_vec)(o, i, fused, rms, 0, 0, 0);
 }
 
 /* The moments of the vector part of one row s (x, or x + r; its first nvec * W elements) about
@@ -754,6 +760,20 @@ NAME(fwd_rows)(const D *x, const D *r, const T *restrict w, const T *restrict b,
      * back from the cache (one conversion per value instead of one per value and sweep). Wider
      * data forms x + r afresh in every sweep and stores it with y. */
     const int fused = has_r && sizeof(D) == sizeof(T);
+    /* Streamed y and sum of the fused add that sit within 256 bytes of each other modulo 4 KiB
+     * (NumPy places arrays of a size alike) are written in two sweeps over each row, one for
+     * each (x and r read again from the cache). In one sweep the CPU takes the two streams for
+     * each other: Zen 3, float32 add + LayerNorm and add + RMSNorm, two threads, 8192 x 1024 at
+     * the same address took 1.6x the time of y and the sum 2 KiB apart, 65536 x 1024 1.35-1.7x;
+     * one thread, the sum 32 bytes ahead of y 3x, 64 ahead 1.5x, 128 ahead 1.1x. Two sweeps
+     * took 0.8-0.85x the time of one there, but 1.2x where y and the sum lie apart (fastln's
+     * fresh outputs do). The sweep that writes x or r (in place) comes second, so that nothing
+     * it overwrites is read again; where both are written, one sweep must do. */
+    const int y_in = y == x || y == r, sum_in = sum == x || sum == r;
+    const uintptr_t apart = fused ? ((uintptr_t)sum - (uintptr_t)y) % 4096 : 0;
+    const int split = fused && stream && !(y_in && sum_in) && (apart < 256 || apart > 3840);
+    const int first = sum_in ? FASTLN_FWD_Y : FASTLN_FWD_SUM,
+              second = sum_in ? FASTLN_FWD_SUM : FASTLN_FWD_Y;
     /* Short rows: the statistics of the next row are formed before this one is normalized, so
      * that the reduction over lanes, the square root and the division of one row overlap the
      * output sweep of the row before. Zen 5, one thread, cached: float16 and bfloat16 rows of
@@ -846,13 +866,15 @@ NAME(fwd_rows)(const D *x, const D *r, const T *restrict w, const T *restrict b,
         }
         if (in_double)
             continue;
+        for (Py_ssize_t k = i; split && k + W <= n; k += W)
+            NAME(fwd_vec)(o, k, fused, rms, stream, stream_sum, first);
         for (; i + W <= n; i += W) {
             if (prefetch == 1 && row + dist < rows && (i - head) / W % 2 == 0) {
                 __builtin_prefetch(xr + dist * n + n / 2 + i / 2);
                 if (fused)
                     __builtin_prefetch(rr + dist * n + n / 2 + i / 2);
             }
-            NAME(fwd_vec)(o, i, fused, rms, stream, stream_sum);
+            NAME(fwd_vec)(o, i, fused, rms, stream, stream_sum, split ? second : 0);
         }
         for (; i < n; i++)
             NAME(fwd_one)(xr, rr, w, b, yr, sr, i, pivot, mu_t, rs_t, fused, rms);
