@@ -382,30 +382,43 @@ def test_whole_call_in_c_only_where_nothing_is_left_to_place():
     large = np.ones((limit // 32, 8), np.float32)        # exactly the limit
     buf = np.ones((5, 8), np.float32)
     w = np.full(8, 2.0, np.float32)
-    y, s, mean, rstd = _cpu.forward(small, None, 8, w, None, 1e-5, None, True, False)
+
+    def forward(x, r=None, out=None, sum_out=None, eps=1e-5, stats=True, rms=False, weight=w):
+        return _cpu.forward(x, r, 8, weight, None, eps, out, sum_out, stats, rms)
+
+    y, s, mean, rstd = forward(small)
     assert s is None and y.shape == small.shape and mean.shape == rstd.shape == (4,)
     np.testing.assert_array_equal(y, fastln.layer_norm(small.view(Sub), 8, w))
-    assert _cpu.forward(small, None, 8, w, None, 1e-5, None, False, False)[2:] == (None, None)
-    y, s, mean, rstd = _cpu.forward(small, small + 1, 8, None, None, None, None, True, True)
+    assert forward(small, stats=False)[2:] == (None, None)
+    y, s, mean, rstd = forward(small, small + 1, eps=None, rms=True, weight=None)
     assert mean is None and (s == 3).all() and rstd.dtype == np.float32
-    out = np.empty_like(small)
-    assert _cpu.forward(small, None, 8, w, None, 1e-5, out, False, False)[0] is out
+    out, sums = np.empty_like(small), np.empty_like(small)
+    assert forward(small, out=out)[0] is out
     inplace = small.copy()
-    assert _cpu.forward(inplace, None, 8, w, None, 1e-5, inplace, False, False)[0] is inplace
-    left = {  # name: (x, residual, out, eps)
-        "large new output": (large, None, None, 1e-5),
-        "large new outputs of the add": (large, large, None, 1e-5),
-        "out strided": (small, None, np.empty((4, 16), np.float32)[:, ::2], 1e-5),
-        "out of another dtype": (small, None, np.empty((4, 8)), 1e-5),
-        "out overlapping x": (buf[1:], None, buf[:-1], 1e-5),
-        "out a list": (small, None, [0.0] * 32, 1e-5),
-        "out with the add": (small, small, out, 1e-5),
-        "eps None for LayerNorm": (small, None, None, None),
-        "x a subclass": (small.view(Sub), None, None, 1e-5),
+    assert forward(inplace, out=inplace)[0] is inplace
+    y, s = forward(small, small + 1, out=out, sum_out=sums)[:2]
+    assert y is out and s is sums and (s == 3).all()
+    y, s = forward(small, small + 1, out=out)[:2]
+    assert y is out and (s == 3).all()
+    assert forward(large, out=np.empty_like(large)) is not None
+    assert forward(large, large, out=np.empty_like(large), sum_out=np.empty_like(large))
+    residual = small + 1
+    left = {  # name: (x, residual, out, sum_out, eps)
+        "large new output": (large, None, None, None, 1e-5),
+        "large new sum": (large, large, np.empty_like(large), None, 1e-5),
+        "out strided": (small, None, np.empty((4, 16), np.float32)[:, ::2], None, 1e-5),
+        "out of another dtype": (small, None, np.empty((4, 8)), None, 1e-5),
+        "out overlapping x": (buf[1:], None, buf[:-1], None, 1e-5),
+        "out a list": (small, None, [0.0] * 32, None, 1e-5),
+        "out the residual": (small, residual, residual, None, 1e-5),
+        "sum_out the residual": (small, residual, None, residual, 1e-5),
+        "out and sum_out the same": (small, residual, out, out, 1e-5),
+        "sum_out read-only": (small, residual, None, np.broadcast_to(small, small.shape), 1e-5),
+        "eps None for LayerNorm": (small, None, None, None, None),
+        "x a subclass": (small.view(Sub), None, None, None, 1e-5),
     }
-    for name, (x, r, o, eps) in left.items():
-        assert _cpu.forward(x, r, 8, w, None, eps, o, True, False) is None, name
-    assert _cpu.forward(large, None, 8, w, None, 1e-5, np.empty_like(large), True, False)
+    for name, (x, r, o, so, eps) in left.items():
+        assert forward(x, r, o, so, eps) is None, name
     _, mean, rstd = fastln.layer_norm_forward(small, 8)
     dx, dw, db = _cpu.backward(small, small, mean, rstd, w, None, False)
     assert dx.shape == small.shape and dw.shape == db.shape == (8,)

@@ -78,6 +78,7 @@ def forward(
     bias: object,
     eps: object,
     out: object,
+    sum_out: object,
     with_stats: bool,
     rms: bool,
 ) -> tuple[

@@ -667,34 +667,41 @@ cdef inline object _new(cnp.ndarray x, int start, int stop, object dtype):
                              (<cnp.dtype>dtype).type_num, 0)
 
 
-def forward(x, residual, normalized_shape, weight, bias, eps, out, bint with_stats, bint rms):
+def forward(x, residual, normalized_shape, weight, bias, eps, out, sum_out, bint with_stats,
+            bint rms):
     """The whole forward of LayerNorm (RMSNorm if `rms`; with the residual add when `residual`
     is not None) for input that plain_forward takes: (y, s, mean, rstd), s the sum (None
     without a residual), the statistics None unless `with_stats` (mean None for RMSNorm; the
     fused add wants them). eps None is RMSNorm's default.
 
-    y goes into `out` where can_write takes it (never with a residual), else into a new array if
-    it has fewer bytes than set_fast_path's limit and no out is given; s likewise. Otherwise,
-    and for any other input, it does nothing and returns None: fastln._ops then checks and
-    places the outputs.
+    y goes into `out` and s into `sum_out` where can_write takes them as they are (apart from
+    the residual and from each other), or else, when they are None, into new arrays if those
+    have fewer bytes than set_fast_path's limit. Otherwise, and for any other input, it does
+    nothing and returns None: fastln._ops then checks and places the outputs.
     """
     plain = _plain_fwd(x, normalized_shape, weight, bias, eps, residual, rms)
     if plain is None:
         return None
     cdef cnp.ndarray xa = <cnp.ndarray>x
     cdef int ndim = cnp.PyArray_NDIM(xa), lead = plain[4]
+    cdef bint small = cnp.PyArray_NBYTES(xa) < _fast_max_bytes
     w, b, stat = plain[1], plain[2], plain[3][1]
+    inputs = (w, b) if residual is None else (residual, w, b)
     s = mean = rstd = None
-    if out is None:
-        if cnp.PyArray_NBYTES(xa) >= _fast_max_bytes:
-            return None
+    if out is None and small:
         y = _new(xa, 0, ndim, plain[3][0])
-        if residual is not None:
-            s = _new(xa, 0, ndim, plain[3][0])
-    elif residual is None and isinstance(out, cnp.ndarray) and _can_write(out, xa, (w, b)):
+    elif isinstance(out, cnp.ndarray) and _can_write(out, xa, inputs):
         y = out
     else:
         return None
+    if residual is not None:
+        if sum_out is None and small:
+            s = _new(xa, 0, ndim, plain[3][0])
+        elif (isinstance(sum_out, cnp.ndarray) and _can_write(sum_out, xa, inputs)
+              and (out is None or not _overlap(out, sum_out))):
+            s = sum_out
+        else:
+            return None
     if with_stats:
         mean = None if rms else _new(xa, 0, lead, stat)
         rstd = _new(xa, 0, lead, stat)

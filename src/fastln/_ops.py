@@ -394,7 +394,7 @@ def _stats(x, nshape, rms):
 def _forward(x, normalized_shape, weight, bias, eps, out, with_stats, rms=False):
     """The forward of LayerNorm, or (rms) RMSNorm: (y, mean, rstd), the statistics None unless
     with_stats, mean for RMSNorm."""
-    done = _cpu.forward(x, None, normalized_shape, weight, bias, eps, out, with_stats, rms)
+    done = _cpu.forward(x, None, normalized_shape, weight, bias, eps, out, None, with_stats, rms)
     if done is not None:
         return done[0], done[2], done[3]
     if rms and eps is None and isinstance(x, np.ndarray) and _kind(x.dtype) is not None:
@@ -420,10 +420,9 @@ def _fused_forward(x, residual, normalized_shape, weight, bias, eps, out, sum_ou
     """The forward of the fused residual add + norm: (y, s, mean, rstd)."""
     if residual is None:
         raise TypeError("residual must be an array of x's shape and dtype, got None")
-    if out is None and sum_out is None:
-        done = _cpu.forward(x, residual, normalized_shape, weight, bias, eps, None, True, rms)
-        if done is not None:
-            return done
+    done = _cpu.forward(x, residual, normalized_shape, weight, bias, eps, out, sum_out, True, rms)
+    if done is not None:
+        return done
     if rms and eps is None and isinstance(x, np.ndarray) and _kind(x.dtype) is not None:
         eps = _default_rms_eps(x.dtype)
     plain = _cpu.plain_forward(x, normalized_shape, weight, bias, eps, residual)
