@@ -766,7 +766,7 @@ NAME(fwd_rows)(const D *x, const D *r, const T *restrict w, const T *restrict b,
      * each other: Zen 3, float32 add + LayerNorm and add + RMSNorm, two threads, 8192 x 1024 at
      * the same address took 1.6x the time of y and the sum 2 KiB apart, 65536 x 1024 1.35-1.7x;
      * one thread, the sum 32 bytes ahead of y 3x, 64 ahead 1.5x, 128 ahead 1.1x. Two sweeps
-     * took 0.8-0.95x the time of one there, but 1.1-1.25x where y and the sum lie apart (fastln's
+     * took 0.8-0.95x the time of one there, but 1.1-1.3x where y and the sum lie apart (fastln's
      * fresh outputs do). The sweep that writes x or r (in place) comes second, so that nothing
      * it overwrites is read again; where both are written, one sweep must do. */
     const int y_in = y == x || y == r, sum_in = sum == x || sum == r;
