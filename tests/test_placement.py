@@ -88,6 +88,17 @@ def test_pooled_outputs_sit_like_their_input_modulo_4_kib(rng):
         assert {id(ya.base), id(sa.base)} == {id(a.base) for a in
                                               _ops._pool[shape, np.dtype(np.float32)]}
         np.testing.assert_array_equal(ya, fastln.layer_norm(x + r, 1024))
+        # Only one of the two given: the new one goes 2 KiB from it (y or the sum).
+        out = placed(np.zeros(shape, np.float32), 3088, 4096)
+        yo, so = fastln.add_layer_norm(x16, r, 1024, out=out)
+        assert yo is out and so.ctypes.data % 4096 == (3088 + 2048) % 4096
+        sum_out = placed(np.zeros(shape, np.float32), 528, 4096)
+        ys, ss = fastln.add_layer_norm(x16, r, 1024, sum_out=sum_out)
+        assert ss is sum_out and ys.ctypes.data % 4096 == 528 + 2048
+        for got in (yo, ys):
+            np.testing.assert_array_equal(got, ya)
+        for got in (so, ss):
+            np.testing.assert_array_equal(got, sa)
         _, mean, rstd = fastln.layer_norm_forward(x2064, 1024)
         dx = fastln.layer_norm_backward(placed(dy, 3088, 4096), x2064, mean, rstd)[0]
         assert dx.ctypes.data % 4096 == 3088                  # like dy

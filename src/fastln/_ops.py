@@ -250,8 +250,8 @@ def _fresh(x, like=None, shift=0):
     kernels write with plain stores instead of streaming ones (just_ahead in _rows_impl.h); the
     residual add's forward took 1.2-1.35x the time there (Zen 3, float32 1024 x 8192, two threads).
     Outputs of that size that the pool cannot hold are placed modulo 4 KiB too. `shift` moves
-    them that many bytes further on: the residual add's y goes 2 KiB from its sum, which the
-    kernels otherwise write in two sweeps (see fwd_rows).
+    them that many bytes further on: the residual add's y goes 2 KiB from its sum (and a new
+    sum 2 KiB from a given y), which the kernels otherwise write in two sweeps (see fwd_rows).
     """
     nbytes = x.nbytes
     if nbytes < _NEAR_MIN_BYTES:
@@ -434,14 +434,17 @@ def _fused_forward(x, residual, normalized_shape, weight, bias, eps, out, sum_ou
     else:
         x, nshape, w, b, eps, residual = _checked_inputs(x, normalized_shape, weight, bias, eps,
                                                          rms, residual)
-    if out is None and sum_out is None:
-        s = target_s = _fresh(x)
-        y = target = _fresh(x, shift=_POOL_PERIOD // 2)
-        copy_s = copy_to = None
-    else:
-        inputs = {"x": x, "residual": residual}
+    inputs = {"x": x, "residual": residual}
+    copy_s = copy_to = None
+    if sum_out is not None:
         s, target_s, copy_s = _output(sum_out, x, w, b, "sum_out", inputs, {"out": out})
+    if out is not None:
         y, target, copy_to = _output(out, x, w, b, "out", inputs, {"sum_out": sum_out})
+    # New outputs: the sum placed like x, y 2 KiB from the sum (given or new; see _fresh).
+    if sum_out is None:
+        s = target_s = _fresh(x) if out is None else _fresh(x, target, _POOL_PERIOD // 2)
+    if out is None:
+        y = target = _fresh(x, target_s, _POOL_PERIOD // 2)
     mean, rstd = _stats(x, nshape, rms)
     _cpu.norm_forward(_kind(x.dtype), x, residual, w, b, target_s, target, mean, rstd, eps, rms)
     for dst, src in ((copy_to, target), (copy_s, target_s)):
