@@ -72,6 +72,7 @@ cdef extern from "_rows.h" nogil:
     int FASTLN_STREAM
     int FASTLN_RMS
     int FASTLN_IN_L2
+    int FASTLN_FETCH
 
 cdef extern from *:
     """
@@ -106,6 +107,14 @@ cdef Py_ssize_t BWD_BLOCK_ELEMS = 65536
 # 2048 x 1024 gained nothing.
 cdef Py_ssize_t FWD_STREAM_BYTES = 32 << 20
 cdef Py_ssize_t BWD_STREAM_BYTES = 16 << 20
+# A forward without the residual add qualifies from 20 MiB (x and y of 10 MiB) in float32 and
+# float64. 16-bit data fetches its input ahead from there (FASTLN_FETCH) but streams only from
+# 32 MiB. Zen 3 (32 MiB L3 shared with other work), two threads, against neither: float32
+# 4096 x 768 (24 MiB) took 0.63x the time streamed (0.81x fetched only), 2560 x 1024 (20 MiB)
+# 0.77x, 2048 x 1024 (16 MiB) 0.9-1.05x; float16 8192 x 768 fetched 0.88x, 3072 x 2048 0.96x
+# (1.28x streamed, rows of 4 KiB), 2048 x 2048 the same (1.5x streamed). The residual add's
+# forward at 16-24 MiB took 0.85-1.45x the time streamed, so it keeps 32 MiB.
+cdef Py_ssize_t FWD_FETCH_BYTES = 20 << 20
 # Forward calls whose arrays fit in the L2 caches of the threads that run them, at L2_BYTES
 # each (Zen 5's 1 MiB), write each row in pieces between the blocks of the next row's
 # statistics (FASTLN_IN_L2; see norm_fwd in _rows_impl.h). Whether a call qualifies depends on
@@ -336,8 +345,11 @@ cpdef norm_forward(int kind, cnp.ndarray x, object r, cnp.ndarray w, object b, o
     cdef int nthreads = _threads_for(rows * n, nblocks)
     cdef Py_ssize_t nbytes = rows * n * _itemsize(kind) * (2 if r is None else 4)
     a.flags = FASTLN_RMS if rms else 0
-    if nbytes >= FWD_STREAM_BYTES:
+    if nbytes >= FWD_STREAM_BYTES or (r is None and nbytes >= FWD_FETCH_BYTES
+                                      and _itemsize(kind) >= 4):
         a.flags |= FASTLN_STREAM
+    elif r is None and nbytes >= FWD_FETCH_BYTES:
+        a.flags |= FASTLN_FETCH
     elif nbytes <= L2_BYTES * nthreads:
         a.flags |= FASTLN_IN_L2
     cdef Py_ssize_t blk

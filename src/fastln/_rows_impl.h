@@ -946,8 +946,9 @@ static TARGET void NAME(norm_fwd)(const D *x, const D *r, const T *w, const T *b
      * row was normalized took 0.78x the time of no prefetch on 65536 x 1024 float32, 0.85x on
      * 4096 x 4096, 0.85x on 8192 x 768 with the residual add. Longer rows, where that took
      * 1.2-1.4x the time, fetch 4 KiB ahead of their statistics sweep instead: 0.8x the time on
-     * 1024 x 16384 float32, 0.65x on 4096 x 4096 float64. */
-    const int large = (flags & FASTLN_STREAM) != 0;
+     * 1024 x 16384 float32, 0.65x on 4096 x 4096 float64. FASTLN_FETCH (16-bit data of 20 to
+     * 32 MiB; see _cpu.pyx) fetches the same way but stores plainly. */
+    const int large = (flags & FASTLN_STREAM) != 0, fetch = large || (flags & FASTLN_FETCH);
     /* 16-bit y streams in rows of 4 KiB and more: Zen 5, one thread, float16, 0.77x the time
      * on 4096 x 4096, 0.73x on 16384 x 4096, 0.93x on 8192 x 2048; rows of 768 and 1024 values
      * took 1.0-1.14x (its stores are half a cache line). */
@@ -963,7 +964,7 @@ static TARGET void NAME(norm_fwd)(const D *x, const D *r, const T *w, const T *b
                        !(r != NULL && sizeof(D) == sizeof(T) &&
                          NAME(just_ahead)(y, x, r, NULL, n, 2) &&
                          NAME(just_ahead)(sum, x, r, NULL, n, 2));
-    const int prefetch = !large ? 0 : (size_t)n * sizeof(D) <= 16384 ? 1 : 2;
+    const int prefetch = !fetch ? 0 : (size_t)n * sizeof(D) <= 16384 ? 1 : 2;
     /* Cached data is normalized by copies of the code without streaming stores and prefetches:
      * with them tested at run time, float32 rows of 768 with the residual add and bfloat16
      * rows of 1024 took 1.04-1.06x the time (Zen 5, one thread). float32 and float64 rows of
@@ -990,14 +991,14 @@ static TARGET void NAME(norm_fwd)(const D *x, const D *r, const T *w, const T *b
 #endif
     const int pieces = sizeof(D) == sizeof(T)
                            ? !large && (flags & FASTLN_IN_L2) && n >= 4 * W
-                           : (size_t)n * sizeof(D) >= 1024 && !stream && (large || float16);
+                           : (size_t)n * sizeof(D) >= 1024 && !stream && (fetch || float16);
     if (pieces) {
         NAME(fwd_pieces)(x, r, w, b, sum, y, mean, rstd, rows, n, eps, flags, prefetch);
         return;
     }
 #define FASTLN_FWD_ROWS(HAS_R, RMS)                                                           \
     do {                                                                                      \
-        if (large)                                                                            \
+        if (fetch)                                                                            \
             NAME(fwd_rows)(x, r, w, b, sum, y, mean, rstd, rows, n, eps, stream, prefetch, 0, \
                            HAS_R, RMS);                                                       \
         else                                                                                  \
