@@ -21,9 +21,10 @@ def _run_all(x, n, w, b, dy):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-# (47, 1024) and (100, 768): backwards of 2 and 4 blocks, too small for 8 (see _bwd_block_rows).
+# (47, 1024) and (100, 768): backwards of 2 and 4 blocks, too small for 8; (200, 8192): 8 blocks,
+# not 32, for the size of their partials (see _bwd_block_rows).
 @pytest.mark.parametrize("shape", [(4096, 1024), (1000, 33), (65, 4097), (20000, 3), (47, 1024),
-                                   (100, 768)])
+                                   (100, 768), (200, 8192)])
 def test_same_bits_for_any_thread_count(rng, threads, simd_path, shape, dtype):
     x = (rng.standard_normal(shape) + 100).astype(dtype)
     w = rng.standard_normal(shape[1]).astype(dtype)

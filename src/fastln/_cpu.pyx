@@ -97,6 +97,13 @@ cdef Py_ssize_t BLOCK_ELEMS = 16384
 # blocks than the forward and caps their number (see _bwd_block_rows).
 cdef Py_ssize_t MAX_BWD_BLOCKS = 64
 cdef Py_ssize_t BWD_BLOCK_ELEMS = 65536
+# Long rows take fewer, down to 8, so that their partials (16 bytes per column and block) stay
+# within BWD_PARTIAL_BYTES: 64 blocks of rows of 8192 zeroed, filled and summed 8 MiB of them.
+# Zen 3, two threads, against 64 blocks: float32 1024 x 8192 (8 blocks) took 0.7-0.77x the
+# time, float16 0.65-0.7x, float32 256 x 16384 0.4-0.5x, float16 4096 x 4096 (16 blocks)
+# 0.8-0.9x; float32 4096 x 4096 and 8192 x 2048 (32 blocks) 0.85-1.1x, as 16384 x 1024, which
+# did not change.
+cdef Py_ssize_t BWD_PARTIAL_BYTES = 1 << 20
 # Calls whose arrays (inputs and outputs, per-row statistics aside) add up to this many bytes
 # write their outputs with non-temporal stores and fetch their inputs ahead (FASTLN_STREAM): the
 # data would not stay in the cache anyway, and a plain store first reads every line it writes.
@@ -184,11 +191,13 @@ cdef Py_ssize_t _block_rows(Py_ssize_t rows, Py_ssize_t n, Py_ssize_t elems,
 
 
 cdef Py_ssize_t _bwd_block_rows(Py_ssize_t rows, Py_ssize_t n) noexcept nogil:
-    """Rows per block of the backward: as _block_rows, but 1, 2 or 4 blocks where 8 would hold
+    """Rows per block of the backward: as _block_rows, with at most MAX_BWD_BLOCKS blocks and
+    no more than 8 beyond BWD_PARTIAL_BYTES of partials, but 1, 2 or 4 blocks where 8 would hold
     fewer than MIN_PARALLEL_ELEMS / 2 elements each. Each block zeroes, fills and hands back a
     row of dweight and dbias partials; at 32 x 1024 float32, one thread, blocks of 4 rows took
     1.5x the time of one block, blocks of 16 rows the same as one."""
-    cdef Py_ssize_t block = _block_rows(rows, n, BWD_BLOCK_ELEMS, MAX_BWD_BLOCKS)
+    cdef Py_ssize_t most = min(MAX_BWD_BLOCKS, BWD_PARTIAL_BYTES // (16 * max(1, n))) // 8 * 8
+    cdef Py_ssize_t block = _block_rows(rows, n, BWD_BLOCK_ELEMS, max(8, most))
     cdef Py_ssize_t nblocks = _ceil_div(rows, block)
     cdef Py_ssize_t fit = rows * n // max(1, MIN_PARALLEL_ELEMS // 2)
     if nblocks <= fit:
