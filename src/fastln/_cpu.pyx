@@ -116,11 +116,12 @@ cdef Py_ssize_t FWD_STREAM_BYTES = 32 << 20
 cdef Py_ssize_t BWD_STREAM_BYTES = 16 << 20
 # A forward without the residual add qualifies from 20 MiB (x and y of 10 MiB) in float32 and
 # float64. 16-bit data fetches its input ahead from there (FASTLN_FETCH) but streams only from
-# 32 MiB. Zen 3 (32 MiB L3 shared with other work), two threads, against neither: float32
-# 4096 x 768 (24 MiB) took 0.63x the time streamed (0.81x fetched only), 2560 x 1024 (20 MiB)
-# 0.77x, 2048 x 1024 (16 MiB) 0.9-1.05x; float16 8192 x 768 fetched 0.88x, 3072 x 2048 0.96x
-# (1.28x streamed, rows of 4 KiB), 2048 x 2048 the same (1.5x streamed). The residual add's
-# forward at 16-24 MiB took 0.85-1.45x the time streamed, so it keeps 32 MiB.
+# 32 MiB. Zen 3 (32 MiB L3 shared with other work), two threads, C harness, against neither:
+# float32 4096 x 768 (24 MiB) took 0.63x the time streamed (0.81x fetched only; 0.87x from
+# Python), 2560 x 1024 (20 MiB) 0.77x, 2048 x 1024 (16 MiB) 0.9-1.05x; float16 8192 x 768
+# fetched 0.88x, 3072 x 2048 0.96x (1.28x streamed, rows of 4 KiB), 2048 x 2048 the same
+# (1.5x streamed). The residual add's forward at 16-24 MiB took 0.85-1.45x the time streamed,
+# so it keeps 32 MiB.
 cdef Py_ssize_t FWD_FETCH_BYTES = 20 << 20
 # Forward calls whose arrays fit in the L2 caches of the threads that run them, at L2_BYTES
 # each (Zen 5's 1 MiB), write each row in pieces between the blocks of the next row's
