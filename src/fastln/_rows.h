@@ -57,7 +57,7 @@
 #define FASTLN_STREAM 1    /* write the large outputs with non-temporal stores */
 #define FASTLN_RMS 2       /* RMSNorm: no mean, no bias */
 #define FASTLN_IN_L2 4     /* forward: the call's arrays fit in its threads' L2 caches */
-#define FASTLN_FETCH 8     /* forward: fetch the inputs ahead, as FASTLN_STREAM does, but store plainly */
+#define FASTLN_FETCH 8     /* forward: fetch ahead as FASTLN_STREAM does, but store plainly */
 
 #ifndef FASTLN_BUILD_FLAGS
 #define FASTLN_BUILD_FLAGS ""
