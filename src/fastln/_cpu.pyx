@@ -101,7 +101,7 @@ cdef Py_ssize_t BWD_BLOCK_ELEMS = 65536
 # within BWD_PARTIAL_BYTES: 64 blocks of rows of 8192 zeroed, filled and summed 8 MiB of them.
 # Zen 3, two threads, against 64 blocks: float32 1024 x 8192 (8 blocks) took 0.7-0.77x the
 # time, float16 0.65-0.7x, float32 256 x 16384 0.4-0.5x, float16 4096 x 4096 (16 blocks)
-# 0.8-0.9x; float32 4096 x 4096 and 8192 x 2048 (32 blocks) 0.85-1.1x, as 16384 x 1024, which
+# 0.8-0.92x; float32 4096 x 4096 (16) and 8192 x 2048 (32) 0.85-1.15x, as 16384 x 1024, which
 # did not change.
 cdef Py_ssize_t BWD_PARTIAL_BYTES = 1 << 20
 # Calls whose arrays (inputs and outputs, per-row statistics aside) add up to this many bytes
