@@ -533,8 +533,9 @@ def plain(*arrays):
 
 # The fast path, for fastln._ops (see the comment there). plain_forward and plain_backward
 # repeat in C the checks of the general path for input that needs no conversion: 0.28 us
-# against 1.07 as Python (a row of 768), on calls whose kernel takes 0.4 us. forward and backward do
-# the whole call for such input where nothing is left for fastln._ops to place or check.
+# against 1.07 as Python (a row of 768), on calls whose kernel takes 0.4 us. forward and
+# backward do the whole call for such input where nothing is left for fastln._ops to place or
+# check.
 # fastln._ops registers the dtypes they take, its cache of default weights, and the size from
 # which it places outputs itself.
 cdef tuple _fast_dtypes = ()          # ((data dtype, statistics dtype, kind, RMSNorm eps), ...)
