@@ -355,10 +355,10 @@ cpdef norm_forward(int kind, cnp.ndarray x, object r, cnp.ndarray w, object b, o
     cdef int nthreads = _threads_for(rows * n, nblocks)
     cdef Py_ssize_t nbytes = rows * n * _itemsize(kind) * (2 if r is None else 4)
     a.flags = FASTLN_RMS if rms else 0
-    if nbytes >= FWD_STREAM_BYTES or (r is None and nbytes >= FWD_FETCH_BYTES
-                                      and _itemsize(kind) >= 4):
+    cdef bint fetch = r is None and nbytes >= FWD_FETCH_BYTES    # see FWD_FETCH_BYTES
+    if nbytes >= FWD_STREAM_BYTES or (fetch and _itemsize(kind) >= 4):
         a.flags |= FASTLN_STREAM
-    elif r is None and nbytes >= FWD_FETCH_BYTES:
+    elif fetch:
         a.flags |= FASTLN_FETCH
     elif nbytes <= L2_BYTES * nthreads:
         a.flags |= FASTLN_IN_L2
