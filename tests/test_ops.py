@@ -402,7 +402,7 @@ def test_large_backward_written_with_streaming_stores(rng, n, rms):
     # (n = 512, 768, 1000, 1024), a cache line of each row at a time (rows of 1000 float32
     # values are 32 bytes off the first row's line boundaries every other row); rows go in
     # groups of 2, the next group fetched ahead, short ones (512, 768) with no float32 stage
-    # for dweight and dbias.
+    # for dweight and dbias, rows of 4 KiB (1024) one at a time.
     x = rng.standard_normal(((16 << 20) // (3 * 4 * n) + 5, n)).astype(np.float32)
     dy = rng.standard_normal(x.shape).astype(np.float32)
     w = rng.standard_normal(n).astype(np.float32)

@@ -142,16 +142,20 @@ def _half_dtypes():
 
 @pytest.mark.parametrize("dtype", DTYPES + _half_dtypes(), ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("offset", [16, 2])
-def test_streamed_backward_rows_off_alignment_keep_their_bits(rng, simd_path, dtype, offset):
+@pytest.mark.parametrize("groups", ["rows_in_groups", "rows_of_4kib_one_by_one"])
+def test_streamed_backward_rows_off_alignment_keep_their_bits(rng, simd_path, dtype, offset,
+                                                              groups):
     """A backward large enough to stream dx starts each row's vectors where dx is aligned; the
     columns before and after them are computed as parts of whole vectors, and between two rows
     streamed as one vector (the tail of one row and the head of the next, across groups of rows
     too). Each row comes out as it does alone, and dweight and dbias as with aligned arrays, with
-    rows that go through the exact double sweep (an rstd past 2^60) among them."""
+    rows that go through the exact double sweep (an rstd past 2^60) among them. Rows a multiple
+    of 4 KiB long go one at a time (see norm_bwd), others in groups of two."""
     size = np.dtype(dtype).itemsize
-    # 16-bit rows of 768 values: rows a whole number of KiB apart may not be streamed on AVX2
-    # (see the test below).
-    n = 768 if size == 2 else 1024
+    # 16-bit rows of 768 values: in groups, rows a whole number of KiB apart may not be streamed
+    # on AVX2 (see the test below).
+    grouped = groups == "rows_in_groups"
+    n = {2: (768, 2048), 4: (1280, 1024), 8: (640, 1024)}[size][0 if grouped else 1]
     if offset % size:
         pytest.skip("rows of this dtype cannot start at this offset")
     rows = (16 << 20) // (3 * size * n) + 7                  # past the streaming threshold
@@ -186,9 +190,9 @@ def test_streamed_backward_rows_off_alignment_keep_their_bits(rng, simd_path, dt
 def test_backward_gives_the_same_bits_wherever_dx_is(rng, simd_path, dtype, n):
     """A backward large enough to stream dx writes it with plain stores instead where streamed
     ones would keep the CPU's write-combining buffers from filling (dx a little ahead of x or
-    dy modulo 4 KiB, except in short float32 and float64 rows such as 768; on AVX2, rows of
-    16-bit data 4 KiB apart), and then aligns its vectors to dy rather than dx. dx, dweight and
-    dbias come out the same either way."""
+    dy modulo 4 KiB, except in short float32 and float64 rows such as 768; on AVX2, 16-bit rows
+    of a group of two that fall on nearly the same 4 KiB offset), and then aligns its vectors to
+    dy rather than dx. dx, dweight and dbias come out the same either way."""
     size = np.dtype(dtype).itemsize
     rows = (16 << 20) // (3 * size * n) + 5                  # past the streaming threshold
     x, dy = (placed(rng.standard_normal((rows, n)).astype(dtype), 0, 4096) for _ in range(2))

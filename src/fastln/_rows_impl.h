@@ -1283,8 +1283,9 @@ static TARGET void NAME(flush_stage)(T *restrict stage, double *restrict part, P
  * `group` rows of n values. It compares addresses modulo 4 KiB, as the CPU does first:
  *  - 16-byte stores (16-bit data on AVX2; every dtype on the baseline path), four to a line:
  *    two rows of a group whose lines fall on the same 4 KiB offset (rows of 2048 float16
- *    values, 4 KiB apart; measured before bwd_cols wrote a line of each row at a time, when
- *    16-bit data from memory still went in groups of 4, rows of 1024 2 KiB apart too);
+ *    values, 4 KiB apart, which now go one at a time (one_row, see norm_bwd); measured before
+ *    bwd_cols wrote a line of each row at a time, when 16-bit data from memory still went in
+ *    groups of 4, rows of 1024 2 KiB apart too);
  *  - a row of dx less than 384 bytes ahead of a row of x, dy or ds in the group, which the
  *    next steps of the sweep then read (just_ahead); not for short float32 and float64 rows
  *    (short_rows, see norm_bwd).
@@ -1309,8 +1310,8 @@ static TARGET int NAME(wc_conflict)(const D *dy, const D *x, const D *ds, const 
 }
 
 /* Backward over a block of rows, fused: one sweep of reductions per row, then one sweep over a
- * group of rows (GROUP_ROWS or 2) that writes their dx and adds their share of dweight and dbias
- * to the block's double partials. The shares are summed over the group in T and, where the
+ * group of rows (GROUP_ROWS, 2 or 1) that writes their dx and adds their share of dweight and
+ * dbias to the block's double partials. The shares are summed over the group in T and, where the
  * rows are not fetched from memory, in float32 over STAGE_ROWS rows (the stage, below) before
  * they are added to the partials in double. The partials are added to, never cleared.
  *
@@ -1345,7 +1346,15 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
      * from memory on Zen 4, and fetching 4-row groups ahead 0.65x the time of not fetching
      * them on Zen 5; neither machine measured this choice.) */
     const int short_rows = (size_t)n * sizeof(D) * 2 * GROUP_ROWS <= 24576;
-    const int group = short_rows && !(flags & FASTLN_STREAM) ? GROUP_ROWS : 2;
+    /* Rows a multiple of 4 KiB long from memory go one at a time: every row's column j then
+     * falls in the same set of the 8-way level-1 cache, and a group of 2 with the next group
+     * fetched ahead (x and dy: 8 lines), the stage and the weight asked more of each set than it
+     * holds. Zen 3, C harness of the kernel, two threads, against groups of 2: float32 rows of
+     * 1024 0.83x the time, 4096 0.96x, 8192 0.91x, float64 rows of 512 and 1024 0.4x, float16
+     * rows of 2048 0.8x (which now stream: see wc_conflict); rows of 768, 1280 and 1536 took
+     * 1.0-1.15x, cached rows of 1024 1.05-1.1x. */
+    const int one_row = (flags & FASTLN_STREAM) && ((size_t)n * sizeof(D)) % 4096 == 0;
+    const int group = one_row ? 1 : short_rows && !(flags & FASTLN_STREAM) ? GROUP_ROWS : 2;
     /* Rows of a whole number of vectors (W values: a register of T, half one of 16-bit data),
      * so that every row has the same alignment: the second sweep's vectors start at column
      * `head`, where dy is aligned to a vector (dx when streaming: streaming stores need it),
@@ -1525,12 +1534,16 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
         const int full = nr == group && !any_exact;
         if (full && stw != NULL && group == GROUP_ROWS)
             FASTLN_FULL_GROUP(GROUP_ROWS, 1)
-        else if (full && stw != NULL)
+        else if (full && stw != NULL && group == 2)
             FASTLN_FULL_GROUP(2, 1)
+        else if (full && stw != NULL)
+            FASTLN_FULL_GROUP(1, 1)
         else if (full && group == GROUP_ROWS)
             FASTLN_FULL_GROUP(GROUP_ROWS, 0)
-        else if (full)
+        else if (full && group == 2)
             FASTLN_FULL_GROUP(2, 0)
+        else if (full)
+            FASTLN_FULL_GROUP(1, 0)
         else
             FASTLN_COLS(nr, exact, stream, rms, has_ds, stw != NULL);
 #undef FASTLN_FULL_GROUP
