@@ -1346,13 +1346,16 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
      * from memory on Zen 4, and fetching 4-row groups ahead 0.65x the time of not fetching
      * them on Zen 5; neither machine measured this choice.) */
     const int short_rows = (size_t)n * sizeof(D) * 2 * GROUP_ROWS <= 24576;
-    /* Rows a multiple of 4 KiB long from memory go one at a time: every row's column j then
-     * falls in the same set of the 8-way level-1 cache, and a group of 2 with the next group
-     * fetched ahead (x and dy: 8 lines), the stage and the weight asked more of each set than it
-     * holds. Zen 3, C harness of the kernel, two threads, against groups of 2: float32 rows of
-     * 1024 0.83x the time, 4096 0.96x, 8192 0.91x, float64 rows of 512 and 1024 0.4x, float16
-     * rows of 2048 0.8x (which now stream: see wc_conflict); rows of 768, 1280 and 1536 took
-     * 1.0-1.15x, cached rows of 1024 1.05-1.1x. */
+    /* Rows a multiple of 4 KiB long from memory go one at a time. Every row's column j then
+     * falls in the same set of the 8-way level-1 cache: a group of 2 and the next group, fetched
+     * ahead, need 8 lines of x and dy there, and the stage and the weight more, which is likely
+     * why such rows took 1.2x the time per value of rows of 768, 1280 or 1536 in groups of 2
+     * (Zen 3, C harness of the kernel, two threads). From Python, two threads, against groups of
+     * 2: float32 LayerNorm 16384 x 1024 0.78-0.88x the time, 4096 x 4096 0.83x, 1024 x 8192
+     * 0.81-0.83x, RMSNorm 16384 x 1024 0.79-0.87x, float64 16384 x 1024 0.83-0.85x, 16384 x 512
+     * 0.67-0.89x, float16 and bfloat16 8192 x 2048 0.63-0.86x (16-bit rows of 4 KiB now stream:
+     * see wc_conflict). Rows of 768, 1280 and 1536 took 1.0-1.15x the time one at a time in the
+     * harness, and cached rows of 1024 1.05-1.1x, so they keep their groups. */
     const int one_row = (flags & FASTLN_STREAM) && ((size_t)n * sizeof(D)) % 4096 == 0;
     const int group = one_row ? 1 : short_rows && !(flags & FASTLN_STREAM) ? GROUP_ROWS : 2;
     /* Rows of a whole number of vectors (W values: a register of T, half one of 16-bit data),
