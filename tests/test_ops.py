@@ -395,6 +395,37 @@ def test_cached_rows_written_in_pieces_keep_their_bits(rng, dtype, n):
             assert_close(y[i], reference.layer_norm(precise(x[i]), n, w, b), dtype)
 
 
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "off_alignment"])
+@pytest.mark.parametrize("dtype, n", [(np.float32, 1024), (np.float64, 512)])
+def test_cached_rows_normalized_in_pairs_keep_their_bits(rng, simd_path, threads, dtype, n,
+                                                         offset):
+    # Cached calls of more than 1 MiB per thread whose rows are a whole number of vectors on
+    # every path are normalized two rows at a time, the weight and bias loaded once for both.
+    # Every row comes out as it does alone, its mean and rstd too: float32 rows finished in
+    # double as the second row of a pair (1) and as the first (4), the last row of the call
+    # left alone, rows whose vectors start `offset` values off alignment.
+    threads(1)
+    rows = (1 << 20) // (2 * n * np.dtype(dtype).itemsize) + 3 + (dtype == np.float32)
+    x = rng.standard_normal((rows, n)).astype(dtype)
+    if dtype == np.float32:
+        x[1] *= np.finfo(dtype).max / 8
+        x[4] *= np.finfo(dtype).smallest_normal * 4
+    x = placed(x, offset * x.itemsize)
+    w, b = (rng.standard_normal(n).astype(dtype) for _ in range(2))
+    calls = [lambda a: fastln.layer_norm_forward(a, n, w, b),
+             lambda a: fastln.rms_norm_forward(a, n, w)]
+    for f in calls:
+        whole = f(x)
+        for i in range(rows):
+            one = f(x[i:i + 1])
+            for got, want in zip(whole, one):
+                np.testing.assert_array_equal(got[i], want[0], err_msg=f"row {i}")
+    if dtype == np.float32:        # and right, not only the same
+        y = fastln.layer_norm(x, n, w, b)
+        for i in (0, 1, 4, rows - 1):
+            assert_close(y[i], reference.layer_norm(precise(x[i]), n, w, b), dtype)
+
+
 @pytest.mark.parametrize("rms", [False, True], ids=["layer_norm", "rms_norm"])
 @pytest.mark.parametrize("n", [512, 768, 1000, 1024, 1027])
 def test_large_backward_written_with_streaming_stores(rng, n, rms):

@@ -472,26 +472,30 @@ typedef struct {
     D *yr, *sr;
     const T *w, *b;
     V pv, muv, rsv;
+    T pivot, mu, rs;    /* pv, muv and rsv as one value */
     Py_ssize_t head, n; /* the first column of the vector sweep; the row's length */
 } NAME(outrow);
 
 /* Columns i to i + W of o's row: y, and with the fused residual add the sum; `only`
- * FASTLN_FWD_Y or FASTLN_FWD_SUM writes that one alone (see fwd_rows), 0 both. */
+ * FASTLN_FWD_Y or FASTLN_FWD_SUM writes that one alone (see fwd_rows), 0 both. wv and bv are
+ * the weight and bias there (bv unused by RMSNorm), loaded by the caller: a sweep over two
+ * rows loads them once for both. */
 #define FASTLN_FWD_Y 1
 #define FASTLN_FWD_SUM 2
-static TARGET FASTLN_ALWAYS_INLINE void NAME(fwd_vec)(const NAME(outrow) o, Py_ssize_t i,
-                                                      const int fused, const int rms,
-                                                      const int stream, const int stream_sum,
-                                                      const int only)
+static TARGET FASTLN_ALWAYS_INLINE void NAME(fwd_vec_wb)(const NAME(outrow) o, Py_ssize_t i,
+                                                         const V wv, const V bv,
+                                                         const int fused, const int rms,
+                                                         const int stream,
+                                                         const int stream_sum, const int only)
 {
     const V si = NAME(vat)(o.xr, o.rr, fused, i);
     if (only != FASTLN_FWD_SUM) {
-        const V scaled = o.rsv * NAME(load)(o.w + i);
+        const V scaled = o.rsv * wv;
         V out;
         if (rms)
             out = si * scaled;
         else
-            out = NAME(fma)((si - o.pv) - o.muv, scaled, NAME(load)(o.b + i));
+            out = NAME(fma)((si - o.pv) - o.muv, scaled, bv);
         if (stream)
             NAME(streams)(o.yr + i, out);
         else
@@ -501,6 +505,16 @@ static TARGET FASTLN_ALWAYS_INLINE void NAME(fwd_vec)(const NAME(outrow) o, Py_s
         NAME(streams)(o.sr + i, si);
     else if (fused && only != FASTLN_FWD_Y)
         NAME(sts)(o.sr + i, si);
+}
+
+/* fwd_vec_wb with the weight and bias loaded for o's row alone. */
+static TARGET FASTLN_ALWAYS_INLINE void NAME(fwd_vec)(const NAME(outrow) o, Py_ssize_t i,
+                                                      const int fused, const int rms,
+                                                      const int stream, const int stream_sum,
+                                                      const int only)
+{
+    const V wv = NAME(load)(o.w + i), bv = rms ? wv : NAME(load)(o.b + i);
+    NAME(fwd_vec_wb)(o, i, wv, bv, fused, rms, stream, stream_sum, only);
 }
 
 /* Vectors k0 to k1 of o's vector sweep, those that the row holds, with plain stores. */
@@ -634,9 +648,12 @@ NAME(row_moments)(const D *x, const D *r, const int has_r, Py_ssize_t n, T pivot
 }
 
 /* 1 / sqrt(mean(s^2) + eps) of one row s (x, or x + r), for RMSNorm. Squares are summed in T in
- * blocks of BLOCK vectors, then per lane, over lanes and over the tail in double. A row whose
- * sum leaves T's comfortable range (values beyond ~2^+-50 in float32, ~2^+-500 in float64) is
- * summed again in double, scaled by its largest magnitude so that nothing overflows. */
+ * blocks of BLOCK vectors (four chains; one waited on the latency of its adds: Zen 3, two
+ * threads, C harness, float32 512 x 1024 and 2048 x 768 0.84-0.88x the time, 64 x 1024 0.79x,
+ * float16 0.9x, from memory the same), then per lane, over lanes and over the tail in double.
+ * A row whose sum leaves T's comfortable range (values beyond ~2^+-50 in float32, ~2^+-500 in
+ * float64) is summed again in double, scaled by its largest magnitude so that nothing
+ * overflows. */
 static TARGET FASTLN_ALWAYS_INLINE double
 NAME(row_rstd_rms)(const D *x, const D *r, const int has_r, Py_ssize_t n, double eps,
                    Py_ssize_t ahead, const int shift, const NAME(outrow) pending, const int pend)
@@ -649,12 +666,22 @@ NAME(row_rstd_rms)(const D *x, const D *r, const int has_r, Py_ssize_t n, double
         const int len = nvec - v < BLOCK ? (int)(nvec - v) : BLOCK;
         if (ahead)
             NAME(fetch_block)(x, r, has_r, v * W, ahead, shift);
-        V sq = zero;
-        for (int k = 0; k < len; k++, v++) {
-            const V e = NAME(vat)(x, r, has_r, v * W);
-            sq += e * e;
+        V sq0 = zero, sq1 = zero, sq2 = zero, sq3 = zero;
+        int k = 0;
+        for (; k + 4 <= len; k += 4, v += 4) {
+            const V e0 = NAME(vat)(x, r, has_r, v * W), e1 = NAME(vat)(x, r, has_r, (v + 1) * W),
+                    e2 = NAME(vat)(x, r, has_r, (v + 2) * W),
+                    e3 = NAME(vat)(x, r, has_r, (v + 3) * W);
+            sq0 += e0 * e0;
+            sq1 += e1 * e1;
+            sq2 += e2 * e2;
+            sq3 += e3 * e3;
         }
-        NAME(lanes_add)(&lanes, sq);
+        for (; k < len; k++, v++) {
+            const V e = NAME(vat)(x, r, has_r, v * W);
+            sq0 += e * e;
+        }
+        NAME(lanes_add)(&lanes, (sq0 + sq1) + (sq2 + sq3));
         if (pend)
             NAME(fwd_span)(pending, v - len, v, has_r, 1);
     }
@@ -687,15 +714,14 @@ NAME(row_rstd_rms)(const D *x, const D *r, const int has_r, Py_ssize_t n, double
     return 1.0 / sqrt(scale * scale * u + eps);
 }
 
-/* One element of fwd_rows' output sweep, in T. */
-static TARGET FASTLN_ALWAYS_INLINE void
-NAME(fwd_one)(const D *xr, const D *rr, const T *restrict w, const T *restrict b, D *yr, D *sr,
-              Py_ssize_t i, T pivot, T mu, T rs, const int has_r, const int rms)
+/* Column i of o's row (see fwd_vec_wb), in T. */
+static TARGET FASTLN_ALWAYS_INLINE void NAME(fwd_one)(const NAME(outrow) o, Py_ssize_t i,
+                                                      const int fused, const int rms)
 {
-    const T si = NAME(at)(xr, rr, has_r, i);
-    NAME(st1)(yr + i, rms ? si * (rs * w[i]) : NAME(fma1)((si - pivot) - mu, rs * w[i], b[i]));
-    if (has_r)
-        NAME(st1)(sr + i, si);
+    const T si = NAME(at)(o.xr, o.rr, fused, i), scaled = o.rs * o.w[i];
+    NAME(st1)(o.yr + i, rms ? si * scaled : NAME(fma1)((si - o.pivot) - o.mu, scaled, o.b[i]));
+    if (fused)
+        NAME(st1)(o.sr + i, si);
 }
 
 /* A row's statistics, as fwd_rows' output sweep needs them: s - pivot has mean mu and
@@ -704,6 +730,34 @@ typedef struct {
     double mu, rs, spread;
     T pivot;
 } NAME(rowstat);
+
+/* fwd_rows' output sweep over row `row`, whose statistics are st (see fwd_rows); *in_double is
+ * set where the row is finished in double instead. */
+static TARGET FASTLN_ALWAYS_INLINE NAME(outrow)
+NAME(out_row)(const D *x, const D *r, D *sum, D *y, const T *w, const T *b, Py_ssize_t row,
+              Py_ssize_t n, const NAME(rowstat) st, const int stream, const int has_r,
+              const int fused, int *restrict in_double)
+{
+    const D *xr = has_r && !fused ? sum + row * n : x + row * n,
+            *rr = fused ? r + row * n : NULL;
+    D *yr = y + row * n, *sr = has_r ? sum + row * n : NULL;
+    /* sqrt(m2) bounds every |x - mean|. When it or rstd is far outside float32's comfortable
+     * range (values near FLT_MAX, subnormal spreads, eps = 0 on a near-constant row), the row
+     * is finished in double so that nothing overflows or loses digits; otherwise in T. */
+    *in_double = sizeof(T) < sizeof(double) && !(st.spread < 0x1p100 && st.spread > 0x1p-100 &&
+                                                 st.rs < 0x1p100 && st.rs > 0x1p-100);
+    /* The vector sweep starts where y is aligned to the vector it stores (a register of T,
+     * half one of 16-bit data), the columns before one at a time. Streaming stores need it,
+     * and x placed alike (fastln's fresh outputs sit at the offset of x) is then aligned
+     * too. 16-bit rows that do not stream start at 0 (see norm_bwd). */
+    const Py_ssize_t head = sizeof(D) != sizeof(T) && !stream ? 0 : (Py_ssize_t)(
+        ((W * sizeof(D) - (uintptr_t)yr % (W * sizeof(D))) % (W * sizeof(D))) / sizeof(D));
+    /* (s - pivot) is exact; subtracting the small remainder mu rounds once. */
+    const T mu_t = (T)st.mu, rs_t = (T)st.rs;
+    const NAME(outrow) o = {xr, rr, yr, sr, w, b, NAME(splat)(st.pivot), NAME(splat)(mu_t),
+                            NAME(splat)(rs_t), st.pivot, mu_t, rs_t, head, n};
+    return o;
+}
 
 /* The statistics sweep of fwd_rows over row `row` (see there); writes mean[row] and rstd[row]
  * where they are not NULL. 16-bit data with the residual add first stores the row's sum. With
@@ -745,6 +799,34 @@ NAME(fwd_stats)(const D *x, const D *r, D *sum, T *restrict mean, T *restrict rs
     if (rstd != NULL)
         rstd[row] = (T)st.rs;
     return st;
+}
+
+/* The vector sweep of fwd_rows over two cached rows o and o2 without the residual add, from
+ * column i on: the weight and bias are loaded once for both. Returns the first column left.
+ * w and b are not restrict, so that GCC keeps them in registers rather than load them again
+ * for the second row; out of line, with a copy for each kind of norm: inlined into fwd_rows,
+ * GCC kept one of the rows' constants on the stack and read it at every vector, and the
+ * forward gained nothing. */
+static TARGET FASTLN_ALWAYS_INLINE Py_ssize_t NAME(fwd_pair_cols)(const NAME(outrow) o,
+                                                                  const NAME(outrow) o2,
+                                                                  Py_ssize_t i, const T *w,
+                                                                  const T *b, const int rms)
+{
+    for (; i + W <= o.n; i += W) {
+        const V wv = NAME(load)(w + i), bv = rms ? wv : NAME(load)(b + i);
+        NAME(fwd_vec_wb)(o, i, wv, bv, 0, rms, 0, 0, 0);
+        NAME(fwd_vec_wb)(o2, i, wv, bv, 0, rms, 0, 0, 0);
+    }
+    return i;
+}
+
+static TARGET FASTLN_NOINLINE Py_ssize_t NAME(fwd_pair)(const NAME(outrow) o,
+                                                        const NAME(outrow) o2, Py_ssize_t i,
+                                                        const T *w, const T *b, const int rms)
+{
+    if (rms)
+        return NAME(fwd_pair_cols)(o, o2, i, w, b, 1);
+    return NAME(fwd_pair_cols)(o, o2, i, w, b, 0);
 }
 
 /* Normalizes `rows` rows of s, where s is x or (has_r) x + r, which is then also written to
@@ -805,6 +887,15 @@ NAME(fwd_rows)(const D *x, const D *r, const T *restrict w, const T *restrict b,
      * square root and division are done long before its output needs them. There is then no
      * output sweep of its own: the statistics sweep fetches the whole row `dist` rows on. */
     const int shift = prefetch == 1 && !pieces;
+    /* pair: cached rows that are a whole number of vectors (so that all start at the same
+     * offset from a vector boundary), without the residual add, are normalized two at a time,
+     * the statistics of both formed first, then one output sweep over both that loads each
+     * vector of the weight and bias once: the sweep over one row loads three vectors (x, w, b)
+     * per vector it stores, and was bound by them. Zen 3, two threads, C harness, 512 x 1024
+     * float32 0.88x the time, RMSNorm 0.72x, float64 0.75-0.8x. With the residual add (two
+     * rows of x, r, y and the sum in flight) it took 1.0-1.17x the time, streamed from memory
+     * 0.95-1.5x (rows of 4 KiB the most), so those go a row at a time. */
+    const int pair = !has_r && !early && !pieces && !stream && !prefetch && n % W == 0;
     const NAME(outrow) idle = {0};
     NAME(rowstat) st, next;
     if (ahead_row && rows > 0)
@@ -820,64 +911,66 @@ NAME(fwd_rows)(const D *x, const D *r, const T *restrict w, const T *restrict b,
                 next = NAME(fwd_stats)(x, r, sum, mean, rstd, row + 1, n, eps, ahead, shift,
                                        idle, 0, has_r, fused, rms);
         }
-        const D *xr = has_r && !fused ? sum + row * n : x + row * n,
-                *rr = fused ? r + row * n : NULL;
-        D *yr = y + row * n, *sr = has_r ? sum + row * n : NULL;
-        const T pivot = st.pivot;
-        const double mu = st.mu, rs = st.rs, spread = st.spread;
-        /* (s - pivot) is exact; subtracting the small remainder mu rounds once. */
-        const T mu_t = (T)mu, rs_t = (T)rs;
-        /* sqrt(m2) bounds every |x - mean|. When it or rstd is far outside float32's comfortable
-         * range (values near FLT_MAX, subnormal spreads, eps = 0 on a near-constant row), the
-         * row is finished in double so that nothing overflows or loses digits; otherwise in T. */
-        const int in_double =
-            sizeof(T) < sizeof(double) &&
-            !(spread < 0x1p100 && spread > 0x1p-100 && rs < 0x1p100 && rs > 0x1p-100);
-        /* The vector sweep starts where y is aligned to the vector it stores (a register of T,
-         * half one of 16-bit data), the columns before one at a time. Streaming stores need it,
-         * and x placed alike (fastln's fresh outputs sit at the offset of x) is then aligned
-         * too. 16-bit rows that do not stream start at 0 (see norm_bwd). The sum is streamed
-         * too when it shares y's alignment. */
-        const Py_ssize_t head = sizeof(D) != sizeof(T) && !stream ? 0 : (Py_ssize_t)(
-            ((W * sizeof(D) - (uintptr_t)yr % (W * sizeof(D))) % (W * sizeof(D))) / sizeof(D));
+        int in_double;
+        const NAME(outrow) o = NAME(out_row)(x, r, sum, y, w, b, row, n, st, stream, has_r,
+                                             fused, &in_double);
+        /* The sum is streamed too when it shares y's alignment. */
         const int stream_sum = stream && fused &&
-                               ((uintptr_t)sr - (uintptr_t)yr) % REGISTER_BYTES == 0;
-        const NAME(outrow) o = {xr, rr, yr, sr, w, b, NAME(splat)(pivot), NAME(splat)(mu_t),
-                                NAME(splat)(rs_t), head, n};
+                               ((uintptr_t)o.sr - (uintptr_t)o.yr) % REGISTER_BYTES == 0;
         Py_ssize_t i = 0;
         if (in_double) {
             for (; i < n; i++) {
-                const T si = NAME(at)(xr, rr, fused, i);
-                const double centred = ((double)si - (double)pivot) - mu;
-                NAME(st1)(yr + i, (T)(rms ? centred * rs * (double)w[i]
-                                          : centred * rs * (double)w[i] + (double)b[i]));
+                const T si = NAME(at)(o.xr, o.rr, fused, i);
+                const double centred = ((double)si - (double)st.pivot) - st.mu;
+                NAME(st1)(o.yr + i, (T)(rms ? centred * st.rs * (double)w[i]
+                                            : centred * st.rs * (double)w[i] + (double)b[i]));
                 if (fused)
-                    NAME(st1)(sr + i, si);
+                    NAME(st1)(o.sr + i, si);
             }
         } else {
-            for (; i < head && i < n; i++)
-                NAME(fwd_one)(xr, rr, w, b, yr, sr, i, pivot, mu_t, rs_t, fused, rms);
+            for (; i < o.head && i < n; i++)
+                NAME(fwd_one)(o, i, fused, rms);
         }
         if (pieces && row + 1 < rows) {
             next = NAME(fwd_stats)(x, r, sum, mean, rstd, row + 1, n, eps, ahead, shift,
                                    o, !in_double, has_r, fused, rms);
             if (!in_double)                        /* every whole vector is written */
-                i = head + (n - head) / W * W;
+                i = o.head + (n - o.head) / W * W;
         }
         if (in_double)
             continue;
+        if (pair && row + 1 < rows) {
+            /* The next row's statistics, then one sweep over both rows. A row finished in
+             * double (rare) is left to the next turn, which forms its statistics again. */
+            const NAME(rowstat) st2 = NAME(fwd_stats)(x, r, sum, mean, rstd, row + 1, n, eps,
+                                                      ahead, shift, idle, 0, has_r, fused, rms);
+            int in_double2;
+            const NAME(outrow) o2 = NAME(out_row)(x, r, sum, y, w, b, row + 1, n, st2, stream,
+                                                  has_r, fused, &in_double2);
+            if (!in_double2) {
+                for (Py_ssize_t k = 0; k < o2.head && k < n; k++)
+                    NAME(fwd_one)(o2, k, fused, rms);
+                i = NAME(fwd_pair)(o, o2, i, w, b, rms);
+                for (; i < n; i++) {
+                    NAME(fwd_one)(o, i, fused, rms);
+                    NAME(fwd_one)(o2, i, fused, rms);
+                }
+                row++;
+                continue;
+            }
+        }
         for (Py_ssize_t k = i; split && k + W <= n; k += W)
             NAME(fwd_vec)(o, k, fused, rms, stream, stream_sum, first);
         for (; i + W <= n; i += W) {
-            if (prefetch == 1 && row + dist < rows && (i - head) / W % 2 == 0) {
-                __builtin_prefetch(xr + dist * n + n / 2 + i / 2);
+            if (prefetch == 1 && row + dist < rows && (i - o.head) / W % 2 == 0) {
+                __builtin_prefetch(o.xr + dist * n + n / 2 + i / 2);
                 if (fused)
-                    __builtin_prefetch(rr + dist * n + n / 2 + i / 2);
+                    __builtin_prefetch(o.rr + dist * n + n / 2 + i / 2);
             }
             NAME(fwd_vec)(o, i, fused, rms, stream, stream_sum, split ? second : 0);
         }
         for (; i < n; i++)
-            NAME(fwd_one)(xr, rr, w, b, yr, sr, i, pivot, mu_t, rs_t, fused, rms);
+            NAME(fwd_one)(o, i, fused, rms);
     }
     if (stream)
         FASTLN_SFENCE();
