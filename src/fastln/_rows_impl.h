@@ -482,6 +482,16 @@ typedef struct {
  * rows loads them once for both. */
 #define FASTLN_FWD_Y 1
 #define FASTLN_FWD_SUM 2
+/* y of the vector si of o's row, given the weight and bias there (bv unused by RMSNorm). */
+static TARGET FASTLN_ALWAYS_INLINE V NAME(norm_vec)(const NAME(outrow) o, const V si,
+                                                   const V wv, const V bv, const int rms)
+{
+    const V scaled = o.rsv * wv;
+    if (rms)
+        return si * scaled;
+    return NAME(fma)((si - o.pv) - o.muv, scaled, bv);
+}
+
 static TARGET FASTLN_ALWAYS_INLINE void NAME(fwd_vec_wb)(const NAME(outrow) o, Py_ssize_t i,
                                                          const V wv, const V bv,
                                                          const int fused, const int rms,
@@ -490,12 +500,7 @@ static TARGET FASTLN_ALWAYS_INLINE void NAME(fwd_vec_wb)(const NAME(outrow) o, P
 {
     const V si = NAME(vat)(o.xr, o.rr, fused, i);
     if (only != FASTLN_FWD_SUM) {
-        const V scaled = o.rsv * wv;
-        V out;
-        if (rms)
-            out = si * scaled;
-        else
-            out = NAME(fma)((si - o.pv) - o.muv, scaled, bv);
+        const V out = NAME(norm_vec)(o, si, wv, bv, rms);
         if (stream)
             NAME(streams)(o.yr + i, out);
         else
@@ -806,7 +811,15 @@ NAME(fwd_stats)(const D *x, const D *r, D *sum, T *restrict mean, T *restrict rs
  * w and b are not restrict, so that GCC keeps them in registers rather than load them again
  * for the second row; out of line, with a copy for each kind of norm: inlined into fwd_rows,
  * GCC kept one of the rows' constants on the stack and read it at every vector, and the
- * forward gained nothing. */
+ * forward gained nothing.
+ *
+ * Both rows' x are loaded before either y is stored. In rows a multiple of 4 KiB long with y
+ * at x's offset modulo 4 KiB (NumPy's large arrays all sit 16 bytes into a page, and fastln's
+ * fresh outputs at their input's offset), the store to row o's y and the load of row o2's x
+ * agree in the low 12 bits, the part of the address the CPU compares first, and the load
+ * waited for the store. Zen 4, one thread, y at x's offset: float32 512 x 1024 took 0.88-0.96x
+ * the time, 256 x 2048 0.92-0.93x, float64 512 x 512 0.74-1.16x (noisy), as long as with y 2 KiB
+ * away; rows of 768 and y elsewhere the same. */
 static TARGET FASTLN_ALWAYS_INLINE Py_ssize_t NAME(fwd_pair_cols)(const NAME(outrow) o,
                                                                   const NAME(outrow) o2,
                                                                   Py_ssize_t i, const T *w,
@@ -814,8 +827,9 @@ static TARGET FASTLN_ALWAYS_INLINE Py_ssize_t NAME(fwd_pair_cols)(const NAME(out
 {
     for (; i + W <= o.n; i += W) {
         const V wv = NAME(load)(w + i), bv = rms ? wv : NAME(load)(b + i);
-        NAME(fwd_vec_wb)(o, i, wv, bv, 0, rms, 0, 0, 0);
-        NAME(fwd_vec_wb)(o2, i, wv, bv, 0, rms, 0, 0, 0);
+        const V s1 = NAME(lds)(o.xr + i), s2 = NAME(lds)(o2.xr + i);
+        NAME(sts)(o.yr + i, NAME(norm_vec)(o, s1, wv, bv, rms));
+        NAME(sts)(o2.yr + i, NAME(norm_vec)(o2, s2, wv, bv, rms));
     }
     return i;
 }
