@@ -228,7 +228,8 @@ _pool = {}
 # Outputs of this size and more are placed like an input (see _fresh). On smaller ones the
 # extra allocation would cost more than misaligned vectors do.
 _NEAR_MIN_BYTES = 64 << 10
-# They sit where their input does modulo 4 KiB (or a given shift past it).
+# They sit where their input does modulo 4 KiB, or a given shift past it (the backward's dx
+# under 4 MiB modulo 64 bytes; see _fresh).
 _POOL_PERIOD = 4096
 
 _register_fast_path()
@@ -237,26 +238,27 @@ _register_fast_path()
 def _fresh(x, like=None, shift=0, period=_POOL_PERIOD):
     """An uninitialized array of x's shape and dtype, reused from the pool when one is free.
 
-    From _NEAR_MIN_BYTES on, its data sits at the same address modulo `period` bytes (4 KiB
-    unless given; the backward's dx asks for 64) as like's (x's when None): the kernels start
-    their vector sweeps where the output (dx: dy) is aligned, and then read the input aligned
-    too. On Zen 5, float32 rows of 1024, one thread, arrays 16 bytes off a 64-byte boundary
-    took 1.3x the backward's time and 1.1x the forward's when they were not placed alike.
-    Modulo 4 KiB rather than 64 bytes, so that no output sits a few vectors
-    ahead of its input there, where the CPU takes a load for the store before it (see
-    fwd_pair_cols in _rows_impl.h): on Zen 4, one thread, cached float32 LayerNorm 512 x 1024
-    with y 64 bytes ahead of x took 1.25-1.45x the time of y at x's offset (other cached
-    shapes 1.1-1.4x). The backward's dx at dy's offset modulo 4 KiB gained as much as it lost
-    (Zen 4, two threads, 512 x 1024, three pairs of processes, against modulo 64 bytes: RMSNorm
-    0.73-0.89x the time, float64 LayerNorm 1.07-1.16x, float32 add + LayerNorm 1.07-1.14x), so
-    it keeps to 64.
+    From _NEAR_MIN_BYTES to _POOL_MIN_BYTES, its data sits at the same address modulo `period`
+    bytes (4 KiB unless given; the backward's dx asks for 64) as like's (x's when None), or
+    `shift` bytes past it: the kernels start their vector sweeps where the output (dx: dy) is
+    aligned, and then read the input aligned too. On Zen 5, float32 rows of 1024, one thread,
+    arrays 16 bytes off a 64-byte boundary took 1.3x the backward's time and 1.1x the forward's
+    when they were not placed alike. Modulo 4 KiB rather than 64 bytes, so that no output sits
+    a few vectors ahead of its input there, where the CPU takes a load for the store before it
+    (see fwd_pair_cols in _rows_impl.h): on Zen 4, one thread, cached float32 LayerNorm
+    512 x 1024 with y 64 bytes ahead of x took 1.25-1.45x the time of y at x's offset (other
+    cached shapes 1.1-1.4x). The backward's dx at dy's offset modulo 4 KiB gained as much as it
+    lost (Zen 4, two threads, 512 x 1024, three pairs of processes, against modulo 64 bytes:
+    RMSNorm 0.73-0.89x the time, float64 LayerNorm 1.07-1.16x, float32 add + LayerNorm
+    1.07-1.14x), so it keeps to 64.
 
-    Pooled outputs (_POOL_MIN_BYTES on) sit at like's address modulo 4 KiB, the part of an
-    address the CPU compares first: a free pooled array made for an input placed otherwise is
-    placed again in its buffer (4 KiB larger), not replaced by fresh pages, which cost more. One
-    left where it was could sit a few dozen bytes ahead of the input (modulo 4 KiB), where the
-    kernels write with plain stores instead of streaming ones (just_ahead in _rows_impl.h); the
-    residual add's forward took 1.2-1.35x the time there (Zen 3, float32 1024 x 8192, two threads).
+    Pooled outputs (_POOL_MIN_BYTES on) sit at like's address modulo 4 KiB whatever `period`
+    says, the part of an address the CPU compares first: a free pooled array made for an input
+    placed otherwise is placed again in its buffer (4 KiB larger), not replaced by fresh pages,
+    which cost more. One left where it was could sit a few dozen bytes ahead of the input
+    (modulo 4 KiB), where the kernels write with plain stores instead of streaming ones
+    (just_ahead in _rows_impl.h); the residual add's forward took 1.2-1.35x the time there
+    (Zen 3, float32 1024 x 8192, two threads).
     Outputs of that size that the pool cannot hold are placed modulo 4 KiB too. `shift` moves
     an output that many bytes further on: the residual add's y goes 2 KiB from its sum (and a
     new sum 2 KiB from a given y), which the kernels otherwise write in two sweeps when they
