@@ -149,13 +149,17 @@ def test_half_large_calls_stream_with_the_same_bits(rng, simd_path, dtype, offse
 
 @pytest.mark.parametrize("dtype", HALF, ids=str)
 @pytest.mark.parametrize("rows, n", [(9, 770), (9, 1027), ((11 << 20) // (2 * 1027) + 3, 1027),
-                                     ((16 << 20) // (2 * 1027) + 3, 1027)])
+                                     ((16 << 20) // (2 * 1027) + 3, 1027),
+                                     ((11 << 20) // (2 * 770) + 3, 770)])
 def test_half_rows_written_in_pieces_keep_their_bits(rng, simd_path, dtype, rows, n):
     """Rows of 512 values and more are written in pieces between the blocks of the next row's
     statistics: float16 LayerNorm in small calls, every norm in calls from memory whose rows are
     too short to stream (under 4 KiB), fetched ahead (x of 11 MiB: fetched but not streamed at
     any row length; 16 MiB: the fused add streams too). Every row comes out as it does alone,
-    with no next row; the rows start off the vector alignment."""
+    with no next row; the rows start off the vector alignment. Cached rows of 512 to 1024
+    values are read back from a scratch row in float32 (two of them, used in turn; not float16
+    on the avx2 path), rows from memory from the input: the 11 MiB call of rows of 770 checks
+    that both give the same bits."""
     x = rng.standard_normal(rows * n + 1).astype(dtype)[1:].reshape(rows, n)
     r = rng.standard_normal((rows, n)).astype(dtype)
     w = rng.standard_normal(n).astype(np.float32)

@@ -111,6 +111,14 @@ static TARGET inline void NAME(stream_copy)(uint16_t *p, const uint16_t *src) { 
 #undef FASTLN_HCAT
 #endif
 #define D NAME(data)
+/* The longest 16-bit rows the forward reads back from a scratch row in T (see fwd_rows). */
+#define FASTLN_SCRATCH_MAX 1024
+/* 1 where the data is float16, else 0. */
+#if defined(FASTLN_HALF) && FASTLN_HALF == 1
+#define FASTLN_F16 1
+#else
+#define FASTLN_F16 0
+#endif
 
 static TARGET inline V NAME(splat)(T a)
 {
@@ -348,6 +356,17 @@ static TARGET FASTLN_ALWAYS_INLINE T NAME(at)(const D *x, const D *r, const int 
     return has_r ? (T)(NAME(ld1)(x + i) + NAME(ld1)(r + i)) : NAME(ld1)(x + i);
 }
 
+/* vat, and for 16-bit data with a scratch row sc (NULL: none) the value stored to sc[i] too,
+ * for the output sweep to read in T (see fwd_rows). */
+static TARGET FASTLN_ALWAYS_INLINE V NAME(vat_sc)(const D *x, const D *r, const int has_r,
+                                                  Py_ssize_t i, T *restrict sc)
+{
+    const V v = NAME(vat)(x, r, has_r, i);
+    if (sizeof(D) != sizeof(T) && sc != NULL)
+        NAME(store)(sc + i, v);
+    return v;
+}
+
 /* Welford's update of (count, *mu, *q) with s[from:n] - pivot, one value at a time, in double. */
 static TARGET FASTLN_ALWAYS_INLINE void
 NAME(welford)(const D *x, const D *r, const int has_r, Py_ssize_t from, Py_ssize_t n,
@@ -405,18 +424,19 @@ NAME(block_moments)(const D *x, const D *r, const int has_r, Py_ssize_t p, int l
 #undef FASTLN_HOLD_BLOCK
 
 /* sum(s - pv) and sum((s - pv)^2) over the `len` vectors of s from element p on, per lane, in T,
- * in one pass (four chains of each). len is BLOCK, a constant, in the main loop. */
+ * in one pass (four chains of each), s stored to sc too (see vat_sc). len is BLOCK, a constant,
+ * in the main loop. */
 static TARGET FASTLN_ALWAYS_INLINE void
 NAME(block_sums)(const D *x, const D *r, const int has_r, Py_ssize_t p, int len, V pv,
-                 V *restrict sum, V *restrict sq)
+                 T *restrict sc, V *restrict sum, V *restrict sq)
 {
     V s0 = NAME(splat)(0), s1 = s0, s2 = s0, s3 = s0, q0 = s0, q1 = s0, q2 = s0, q3 = s0;
     int k = 0;
     for (; k + 4 <= len; k += 4) {
-        const V e0 = NAME(vat)(x, r, has_r, p + k * W) - pv,
-                e1 = NAME(vat)(x, r, has_r, p + (k + 1) * W) - pv,
-                e2 = NAME(vat)(x, r, has_r, p + (k + 2) * W) - pv,
-                e3 = NAME(vat)(x, r, has_r, p + (k + 3) * W) - pv;
+        const V e0 = NAME(vat_sc)(x, r, has_r, p + k * W, sc) - pv,
+                e1 = NAME(vat_sc)(x, r, has_r, p + (k + 1) * W, sc) - pv,
+                e2 = NAME(vat_sc)(x, r, has_r, p + (k + 2) * W, sc) - pv,
+                e3 = NAME(vat_sc)(x, r, has_r, p + (k + 3) * W, sc) - pv;
         s0 += e0;
         s1 += e1;
         s2 += e2;
@@ -427,7 +447,7 @@ NAME(block_sums)(const D *x, const D *r, const int has_r, Py_ssize_t p, int len,
         q3 = NAME(fma)(e3, e3, q3);
     }
     for (; k < len; k++) {
-        const V e = NAME(vat)(x, r, has_r, p + k * W) - pv;
+        const V e = NAME(vat_sc)(x, r, has_r, p + k * W, sc) - pv;
         s0 += e;
         q0 = NAME(fma)(e, e, q0);
     }
@@ -471,6 +491,7 @@ typedef struct {
     const D *xr, *rr;
     D *yr, *sr;
     const T *w, *b;
+    const T *sc;        /* the row's vectors in T (16-bit data; NULL: read xr) */
     V pv, muv, rsv;
     T pivot, mu, rs;    /* pv, muv and rsv as one value */
     Py_ssize_t head, n; /* the first column of the vector sweep; the row's length */
@@ -498,7 +519,8 @@ static TARGET FASTLN_ALWAYS_INLINE void NAME(fwd_vec_wb)(const NAME(outrow) o, P
                                                          const int stream,
                                                          const int stream_sum, const int only)
 {
-    const V si = NAME(vat)(o.xr, o.rr, fused, i);
+    const V si = sizeof(D) != sizeof(T) && o.sc != NULL ? NAME(load)(o.sc + i)
+                                                        : NAME(vat)(o.xr, o.rr, fused, i);
     if (only != FASTLN_FWD_SUM) {
         const V out = NAME(norm_vec)(o, si, wv, bv, rms);
         if (stream)
@@ -598,11 +620,12 @@ static TARGET FASTLN_NOINLINE void NAME(vector_moments_again)(const D *x, const 
  * against two passes for every row: the forward took 0.82x the time in float16 (rows of 768
  * and 4096), 0.88x in bfloat16, 0.9-0.95x in float32 and float64. The residual add from
  * memory (ahead) keeps the two passes: with one, it took 1.03-1.06x the time (float32 and
- * float64 rows of 768; 1.05x from Python, float64, two threads). */
+ * float64 rows of 768; 1.05x from Python, float64, two threads). The one pass stores the
+ * vectors of s to sc (NULL: none; 16-bit data, which never takes the two-pass route first). */
 static TARGET FASTLN_ALWAYS_INLINE void
 NAME(row_moments)(const D *x, const D *r, const int has_r, Py_ssize_t n, T pivot,
                   Py_ssize_t ahead, const int shift, const NAME(outrow) pending, const int pend,
-                  double *restrict mean_out, double *restrict m2_out)
+                  T *restrict sc, double *restrict mean_out, double *restrict m2_out)
 {
     const Py_ssize_t nvec = n / W;
     double mu = 0.0, q = 0.0;
@@ -623,9 +646,9 @@ NAME(row_moments)(const D *x, const D *r, const int has_r, Py_ssize_t n, T pivot
                 NAME(fetch_block)(x, r, has_r, done * W, ahead, shift);
             V bs, bq;
             if (len == BLOCK)
-                NAME(block_sums)(x, r, has_r, done * W, BLOCK, pv, &bs, &bq);
+                NAME(block_sums)(x, r, has_r, done * W, BLOCK, pv, sc, &bs, &bq);
             else
-                NAME(block_sums)(x, r, has_r, done * W, len, pv, &bs, &bq);
+                NAME(block_sums)(x, r, has_r, done * W, len, pv, sc, &bs, &bq);
             NAME(lanes_add)(&ls, bs);
             NAME(lanes_add)(&lq, bq);
             if (pend)
@@ -658,10 +681,11 @@ NAME(row_moments)(const D *x, const D *r, const int has_r, Py_ssize_t n, T pivot
  * float16 0.9x, from memory the same), then per lane, over lanes and over the tail in double.
  * A row whose sum leaves T's comfortable range (values beyond ~2^+-50 in float32, ~2^+-500 in
  * float64) is summed again in double, scaled by its largest magnitude so that nothing
- * overflows. */
+ * overflows. The vectors of s are stored to sc too (see vat_sc). */
 static TARGET FASTLN_ALWAYS_INLINE double
 NAME(row_rstd_rms)(const D *x, const D *r, const int has_r, Py_ssize_t n, double eps,
-                   Py_ssize_t ahead, const int shift, const NAME(outrow) pending, const int pend)
+                   Py_ssize_t ahead, const int shift, const NAME(outrow) pending, const int pend,
+                   T *restrict sc)
 {
     const Py_ssize_t nvec = n / W;
     LANES lanes = NAME(lanes_zero)();
@@ -674,16 +698,17 @@ NAME(row_rstd_rms)(const D *x, const D *r, const int has_r, Py_ssize_t n, double
         V sq0 = zero, sq1 = zero, sq2 = zero, sq3 = zero;
         int k = 0;
         for (; k + 4 <= len; k += 4, v += 4) {
-            const V e0 = NAME(vat)(x, r, has_r, v * W), e1 = NAME(vat)(x, r, has_r, (v + 1) * W),
-                    e2 = NAME(vat)(x, r, has_r, (v + 2) * W),
-                    e3 = NAME(vat)(x, r, has_r, (v + 3) * W);
+            const V e0 = NAME(vat_sc)(x, r, has_r, v * W, sc),
+                    e1 = NAME(vat_sc)(x, r, has_r, (v + 1) * W, sc),
+                    e2 = NAME(vat_sc)(x, r, has_r, (v + 2) * W, sc),
+                    e3 = NAME(vat_sc)(x, r, has_r, (v + 3) * W, sc);
             sq0 += e0 * e0;
             sq1 += e1 * e1;
             sq2 += e2 * e2;
             sq3 += e3 * e3;
         }
         for (; k < len; k++, v++) {
-            const V e = NAME(vat)(x, r, has_r, v * W);
+            const V e = NAME(vat_sc)(x, r, has_r, v * W, sc);
             sq0 += e * e;
         }
         NAME(lanes_add)(&lanes, (sq0 + sq1) + (sq2 + sq3));
@@ -741,7 +766,7 @@ typedef struct {
 static TARGET FASTLN_ALWAYS_INLINE NAME(outrow)
 NAME(out_row)(const D *x, const D *r, D *sum, D *y, const T *w, const T *b, Py_ssize_t row,
               Py_ssize_t n, const NAME(rowstat) st, const int stream, const int has_r,
-              const int fused, int *restrict in_double)
+              const int fused, const T *sc, int *restrict in_double)
 {
     const D *xr = has_r && !fused ? sum + row * n : x + row * n,
             *rr = fused ? r + row * n : NULL;
@@ -759,7 +784,7 @@ NAME(out_row)(const D *x, const D *r, D *sum, D *y, const T *w, const T *b, Py_s
         ((W * sizeof(D) - (uintptr_t)yr % (W * sizeof(D))) % (W * sizeof(D))) / sizeof(D));
     /* (s - pivot) is exact; subtracting the small remainder mu rounds once. */
     const T mu_t = (T)st.mu, rs_t = (T)st.rs;
-    const NAME(outrow) o = {xr, rr, yr, sr, w, b, NAME(splat)(st.pivot), NAME(splat)(mu_t),
+    const NAME(outrow) o = {xr, rr, yr, sr, w, b, sc, NAME(splat)(st.pivot), NAME(splat)(mu_t),
                             NAME(splat)(rs_t), st.pivot, mu_t, rs_t, head, n};
     return o;
 }
@@ -767,12 +792,13 @@ NAME(out_row)(const D *x, const D *r, D *sum, D *y, const T *w, const T *b, Py_s
 /* The statistics sweep of fwd_rows over row `row` (see there); writes mean[row] and rstd[row]
  * where they are not NULL. 16-bit data with the residual add first stores the row's sum. With
  * pend, the vector sweep of the row before (`pending`) is written along the way, the vectors
- * of each block after the block's statistics. */
+ * of each block after the block's statistics. sc (NULL: none) receives the row's vectors in T
+ * (see fwd_rows). */
 static TARGET FASTLN_ALWAYS_INLINE NAME(rowstat)
 NAME(fwd_stats)(const D *x, const D *r, D *sum, T *restrict mean, T *restrict rstd,
                 Py_ssize_t row, Py_ssize_t n, double eps, Py_ssize_t ahead, const int shift,
-                const NAME(outrow) pending, const int pend, const int has_r, const int fused,
-                const int rms)
+                const NAME(outrow) pending, const int pend, T *restrict sc, const int has_r,
+                const int fused, const int rms)
 {
     const D *xr = x + row * n, *rr = has_r ? r + row * n : NULL;
     if (has_r && !fused) {
@@ -788,11 +814,11 @@ NAME(fwd_stats)(const D *x, const D *r, D *sum, T *restrict mean, T *restrict rs
     st.pivot = rms ? (T)0 : NAME(at)(xr, rr, fused, 0);
     st.mu = 0.0;
     if (rms) {
-        st.rs = NAME(row_rstd_rms)(xr, rr, fused, n, eps, ahead, shift, pending, pend);
+        st.rs = NAME(row_rstd_rms)(xr, rr, fused, n, eps, ahead, shift, pending, pend, sc);
         st.spread = 1.0;
     } else {
         double m2;
-        NAME(row_moments)(xr, rr, fused, n, st.pivot, ahead, shift, pending, pend, &st.mu,
+        NAME(row_moments)(xr, rr, fused, n, st.pivot, ahead, shift, pending, pend, sc, &st.mu,
                           &m2);
         /* A finite float64 row whose spread exceeds ~1e154 overflows m2: say so with NaN
          * rather than return the bias as if the row were constant. */
@@ -843,6 +869,23 @@ static TARGET FASTLN_NOINLINE Py_ssize_t NAME(fwd_pair)(const NAME(outrow) o,
     return NAME(fwd_pair_cols)(o, o2, i, w, b, 0);
 }
 
+/* The vector sweep of o's row from column i on, read from its scratch row (see fwd_rows), with
+ * plain stores; returns the first column left. Out of line, with a copy for each kind of norm:
+ * inlined into fwd_rows, GCC (12, with Python's -fwrapv) kept the scratch row's pointer, the
+ * weight's and the bias's on the stack and stored a vector there at every vector, and bfloat16
+ * rows gained nothing from the scratch. */
+static TARGET FASTLN_NOINLINE Py_ssize_t NAME(fwd_scratch_sweep)(const NAME(outrow) o,
+                                                                 Py_ssize_t i, const int rms)
+{
+    if (rms)
+        for (; i + W <= o.n; i += W)
+            NAME(fwd_vec)(o, i, 0, 1, 0, 0, 0);
+    else
+        for (; i + W <= o.n; i += W)
+            NAME(fwd_vec)(o, i, 0, 0, 0, 0, 0);
+    return i;
+}
+
 /* Normalizes `rows` rows of s, where s is x or (has_r) x + r, which is then also written to
  * `sum`. LayerNorm: y = (s - mean) * rstd * w + b; RMSNorm (rms): y = s * rstd * w. mean (not for
  * RMSNorm) and rstd are written per row when rstd is not NULL. y and sum may each be x or r
@@ -850,7 +893,8 @@ static TARGET FASTLN_NOINLINE Py_ssize_t NAME(fwd_pair)(const NAME(outrow) o,
 static TARGET FASTLN_ALWAYS_INLINE void
 NAME(fwd_rows)(const D *x, const D *r, const T *restrict w, const T *restrict b, D *sum, D *y,
                T *restrict mean, T *restrict rstd, Py_ssize_t rows, Py_ssize_t n, double eps,
-               int stream, int prefetch, const int pieces, const int has_r, const int rms)
+               int stream, int prefetch, const int pieces, const int scratch, const int has_r,
+               const int rms)
 {
     /* 16-bit data: the sum is rounded and stored first, then normalized as a plain row read
      * back from the cache (one conversion per value instead of one per value and sweep). Wider
@@ -911,24 +955,35 @@ NAME(fwd_rows)(const D *x, const D *r, const T *restrict w, const T *restrict b,
      * rows of x, r, y and the sum in flight) it took 1.0-1.17x the time, streamed from memory
      * 0.95-1.5x (rows of 4 KiB the most), so those go a row at a time. */
     const int pair = !has_r && !early && !pieces && !stream && !prefetch && n % W == 0;
+    /* scratch (16-bit rows of up to FASTLN_SCRATCH_MAX values, neither fetched nor streamed;
+     * see norm_fwd for which): the statistics sweep stores each vector it widens to T in a
+     * scratch row, and the output sweep reads it from there instead of loading and widening the
+     * row again (the same values, so the same bits). Two scratch rows, used in turn: the
+     * statistics of a row may be formed while the row before is written. They lie 6 KiB apart,
+     * so that the loads from one and the stores to the other at the same column do not agree in
+     * the low 12 bits of their addresses (see fwd_pair_cols). */
+    enum { SCRATCH_ROW = sizeof(D) != sizeof(T) ? FASTLN_SCRATCH_MAX + 2048 / sizeof(T) : 0 };
+    T scratch_buf[2 * SCRATCH_ROW + 64 / sizeof(T)];
+    T *const scratch_row0 = (T *)(((uintptr_t)scratch_buf + 63) / 64 * 64);
+#define SC_ROW(row) (scratch ? scratch_row0 + ((row) & 1) * SCRATCH_ROW : NULL)
     const NAME(outrow) idle = {0};
     NAME(rowstat) st, next;
     if (ahead_row && rows > 0)
-        next = NAME(fwd_stats)(x, r, sum, mean, rstd, 0, n, eps, ahead, shift, idle, 0, has_r,
-                               fused, rms);
+        next = NAME(fwd_stats)(x, r, sum, mean, rstd, 0, n, eps, ahead, shift, idle, 0,
+                               SC_ROW(0), has_r, fused, rms);
     for (Py_ssize_t row = 0; row < rows; row++) {
         if (!early && !pieces) {
-            st = NAME(fwd_stats)(x, r, sum, mean, rstd, row, n, eps, ahead, shift, idle, 0, has_r,
-                                 fused, rms);
+            st = NAME(fwd_stats)(x, r, sum, mean, rstd, row, n, eps, ahead, shift, idle, 0,
+                                 SC_ROW(row), has_r, fused, rms);
         } else {
             st = next;
             if (!pieces && row + 1 < rows)
                 next = NAME(fwd_stats)(x, r, sum, mean, rstd, row + 1, n, eps, ahead, shift,
-                                       idle, 0, has_r, fused, rms);
+                                       idle, 0, SC_ROW(row + 1), has_r, fused, rms);
         }
         int in_double;
         const NAME(outrow) o = NAME(out_row)(x, r, sum, y, w, b, row, n, st, stream, has_r,
-                                             fused, &in_double);
+                                             fused, SC_ROW(row), &in_double);
         /* The sum is streamed too when it shares y's alignment. */
         const int stream_sum = stream && fused &&
                                ((uintptr_t)o.sr - (uintptr_t)o.yr) % REGISTER_BYTES == 0;
@@ -948,7 +1003,7 @@ NAME(fwd_rows)(const D *x, const D *r, const T *restrict w, const T *restrict b,
         }
         if (pieces && row + 1 < rows) {
             next = NAME(fwd_stats)(x, r, sum, mean, rstd, row + 1, n, eps, ahead, shift,
-                                   o, !in_double, has_r, fused, rms);
+                                   o, !in_double, SC_ROW(row + 1), has_r, fused, rms);
             if (!in_double)                        /* every whole vector is written */
                 i = o.head + (n - o.head) / W * W;
         }
@@ -958,10 +1013,11 @@ NAME(fwd_rows)(const D *x, const D *r, const T *restrict w, const T *restrict b,
             /* The next row's statistics, then one sweep over both rows. A row finished in
              * double (rare) is left to the next turn, which forms its statistics again. */
             const NAME(rowstat) st2 = NAME(fwd_stats)(x, r, sum, mean, rstd, row + 1, n, eps,
-                                                      ahead, shift, idle, 0, has_r, fused, rms);
+                                                      ahead, shift, idle, 0, SC_ROW(row + 1),
+                                                      has_r, fused, rms);
             int in_double2;
             const NAME(outrow) o2 = NAME(out_row)(x, r, sum, y, w, b, row + 1, n, st2, stream,
-                                                  has_r, fused, &in_double2);
+                                                  has_r, fused, SC_ROW(row + 1), &in_double2);
             if (!in_double2) {
                 for (Py_ssize_t k = 0; k < o2.head && k < n; k++)
                     NAME(fwd_one)(o2, k, fused, rms);
@@ -976,6 +1032,8 @@ NAME(fwd_rows)(const D *x, const D *r, const T *restrict w, const T *restrict b,
         }
         for (Py_ssize_t k = i; split && k + W <= n; k += W)
             NAME(fwd_vec)(o, k, fused, rms, stream, stream_sum, first);
+        if (scratch && !pieces)                     /* (never split, streamed or fetched) */
+            i = NAME(fwd_scratch_sweep)(o, i, rms);
         for (; i + W <= n; i += W) {
             if (prefetch == 1 && row + dist < rows && (i - o.head) / W % 2 == 0) {
                 __builtin_prefetch(o.xr + dist * n + n / 2 + i / 2);
@@ -987,6 +1045,7 @@ NAME(fwd_rows)(const D *x, const D *r, const T *restrict w, const T *restrict b,
         for (; i < n; i++)
             NAME(fwd_one)(o, i, fused, rms);
     }
+#undef SC_ROW
     if (stream)
         FASTLN_SFENCE();
 }
@@ -1017,9 +1076,27 @@ static TARGET FASTLN_NOINLINE void NAME(fwd_pieces)(const D *x, const D *r, cons
                                                     double eps, int flags, int prefetch)
 {
 #define FASTLN_PIECES(HAS_R, RMS)                                                             \
-    NAME(fwd_rows)(x, r, w, b, sum, y, mean, rstd, rows, n, eps, 0, prefetch, 1, HAS_R, RMS)
+    NAME(fwd_rows)(x, r, w, b, sum, y, mean, rstd, rows, n, eps, 0, prefetch, 1, 0, HAS_R, RMS)
     FASTLN_BY_KIND(FASTLN_PIECES);
 #undef FASTLN_PIECES
+}
+
+/* norm_fwd's copies for cached 16-bit rows read back from a scratch row (see there and
+ * fwd_rows), in a function of their own; float16 rows are written in pieces, as norm_fwd's rule
+ * for them says of these rows, bfloat16 ones not. Zen 4, one thread, C harness: with the
+ * scratch chosen at run time in the copies that serve other rows too, bfloat16 add + LayerNorm
+ * from memory (8192 x 768, where no scratch is used) took 1.15-1.18x the time; with these
+ * copies inlined into norm_fwd beside the others, float16 LayerNorm and bfloat16 RMSNorm rows of
+ * 256 took 1.05-1.1x, bfloat16 LayerNorm rows of 2048 1.05x. */
+static TARGET FASTLN_NOINLINE void NAME(fwd_scratch)(const D *x, const D *r, const T *w,
+                                                     const T *b, D *sum, D *y, T *mean,
+                                                     T *rstd, Py_ssize_t rows, Py_ssize_t n,
+                                                     double eps, int flags)
+{
+#define FASTLN_SCRATCH(HAS_R, RMS)                                                            \
+    NAME(fwd_rows)(x, r, w, b, sum, y, mean, rstd, rows, n, eps, 0, 0, FASTLN_F16, 1, HAS_R, RMS)
+    FASTLN_BY_KIND(FASTLN_SCRATCH);
+#undef FASTLN_SCRATCH
 }
 
 /* Whether a row of `out` starts less than 384 bytes ahead, modulo 4 KiB, of row r + d of in0,
@@ -1092,14 +1169,28 @@ static TARGET void NAME(norm_fwd)(const D *x, const D *r, const T *w, const T *b
      * (Zen 3, AVX2: LayerNorm 1.1x), 16-bit rows of 256 1.07x; float16 RMSNorm took 1.0-1.05x on
      * Zen 5 and 0.78-0.8x on Zen 3 (AVX2; 64 x 768 and 64 x 1024, 8192 x 768 0.74x), so it is
      * written in pieces. */
-#if defined(FASTLN_HALF) && FASTLN_HALF == 1
-    const int float16 = 1;
-#else
-    const int float16 = 0;
-#endif
     const int pieces = sizeof(D) == sizeof(T)
                            ? !large && (flags & FASTLN_IN_L2) && n >= 4 * W
-                           : (size_t)n * sizeof(D) >= 1024 && !stream && (fetch || float16);
+                           : (size_t)n * sizeof(D) >= 1024 && !stream && (fetch || FASTLN_F16);
+    /* Cached 16-bit rows of 512 to FASTLN_SCRATCH_MAX values are read back from a scratch row
+     * in T (see fwd_rows), by copies of the code of their own (fwd_scratch). Zen 4, one thread,
+     * C harness built with Python's flags, against widening the row twice, 512 x 1024 (the
+     * residual add 512 x 768): float16 LayerNorm 0.91-0.93x the time, RMSNorm 0.89-0.91x, with
+     * the add 0.92-0.94x; bfloat16 LayerNorm 0.9-0.92x, with the add 0.94-0.96x, RMSNorm
+     * 0.97-1.02x; the avx2 path's bfloat16 0.9-0.96x; the baseline path (whose float16 widens
+     * one value at a time) float16 LayerNorm 0.52x, RMSNorm 0.63x, with the add 0.73-0.79x,
+     * bfloat16 0.85-0.92x. float16 on the avx2 path goes without: its rows are written in pieces,
+     * where with 16 registers GCC kept the row's constants and the scratch row's pointer on the
+     * stack (LayerNorm 1.3x the time; RMSNorm, with the scratch chosen at run time, 1.0-1.05x).
+     * Built without -fwrapv: rows of 2048 took 1.0-1.07x the time (the scratch rows then fill
+     * half the level-1 cache), rows of 64 and 256 0.97-1.18x, and 16-bit rows of 1024 fetched
+     * from memory (65536 x 1024, two threads) 1.03-1.18x. */
+    const int scratch = sizeof(D) != sizeof(T) && !fetch && n >= 512 && n <= FASTLN_SCRATCH_MAX &&
+                        !(FASTLN_F16 && REGISTER_BYTES == 32);
+    if (scratch) {
+        NAME(fwd_scratch)(x, r, w, b, sum, y, mean, rstd, rows, n, eps, flags);
+        return;
+    }
     if (pieces) {
         NAME(fwd_pieces)(x, r, w, b, sum, y, mean, rstd, rows, n, eps, flags, prefetch);
         return;
@@ -1108,9 +1199,9 @@ static TARGET void NAME(norm_fwd)(const D *x, const D *r, const T *w, const T *b
     do {                                                                                      \
         if (fetch)                                                                            \
             NAME(fwd_rows)(x, r, w, b, sum, y, mean, rstd, rows, n, eps, stream, prefetch, 0, \
-                           HAS_R, RMS);                                                       \
+                           0, HAS_R, RMS);                                                    \
         else                                                                                  \
-            NAME(fwd_rows)(x, r, w, b, sum, y, mean, rstd, rows, n, eps, 0, 0, 0, HAS_R,      \
+            NAME(fwd_rows)(x, r, w, b, sum, y, mean, rstd, rows, n, eps, 0, 0, 0, 0, HAS_R,   \
                            RMS);                                                              \
     } while (0)
     FASTLN_BY_KIND(FASTLN_FWD_ROWS);
@@ -1714,6 +1805,8 @@ static TARGET void NAME(sum_blocks)(double *restrict parts, Py_ssize_t nblocks, 
 #endif
 
 #undef D
+#undef FASTLN_SCRATCH_MAX
+#undef FASTLN_F16
 #undef V
 #undef W
 #undef HALF
