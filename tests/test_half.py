@@ -156,10 +156,10 @@ def test_half_rows_written_in_pieces_keep_their_bits(rng, simd_path, dtype, rows
     statistics: float16 LayerNorm in small calls, every norm in calls from memory whose rows are
     too short to stream (under 4 KiB), fetched ahead (x of 11 MiB: fetched but not streamed at
     any row length; 16 MiB: the fused add streams too). Every row comes out as it does alone,
-    with no next row; the rows start off the vector alignment. Cached rows of 512 to 1024
+    with no next row; the rows start off the vector alignment. Cached rows of 512 to 1600
     values are read back from a scratch row in float32 (two of them, used in turn; not float16
-    on the avx2 path), rows from memory from the input: the 11 MiB call of rows of 770 checks
-    that both give the same bits."""
+    on the avx2 path), rows from memory from the input: the calls from memory check that both
+    give the same bits."""
     x = rng.standard_normal(rows * n + 1).astype(dtype)[1:].reshape(rows, n)
     r = rng.standard_normal((rows, n)).astype(dtype)
     w = rng.standard_normal(n).astype(np.float32)

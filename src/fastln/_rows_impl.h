@@ -112,7 +112,7 @@ static TARGET inline void NAME(stream_copy)(uint16_t *p, const uint16_t *src) { 
 #endif
 #define D NAME(data)
 /* The longest 16-bit rows the forward reads back from a scratch row in T (see fwd_rows). */
-#define FASTLN_SCRATCH_MAX 1024
+#define FASTLN_SCRATCH_MAX 1600
 /* 1 where the data is float16, else 0. */
 #if defined(FASTLN_HALF) && FASTLN_HALF == 1
 #define FASTLN_F16 1
@@ -959,10 +959,13 @@ NAME(fwd_rows)(const D *x, const D *r, const T *restrict w, const T *restrict b,
      * see norm_fwd for which): the statistics sweep stores each vector it widens to T in a
      * scratch row, and the output sweep reads it from there instead of loading and widening the
      * row again (the same values, so the same bits). Two scratch rows, used in turn: the
-     * statistics of a row may be formed while the row before is written. They lie 6 KiB apart,
-     * so that the loads from one and the stores to the other at the same column do not agree in
-     * the low 12 bits of their addresses (see fwd_pair_cols). */
-    enum { SCRATCH_ROW = sizeof(D) != sizeof(T) ? FASTLN_SCRATCH_MAX + 2048 / sizeof(T) : 0 };
+     * statistics of a row may be formed while the row before is written. They lie 2 KiB apart
+     * modulo 4 KiB, so that the loads from one and the stores to the other at the same column
+     * do not agree in the low 12 bits of their addresses (see fwd_pair_cols). */
+    enum { SCRATCH_ROW = sizeof(D) != sizeof(T)
+                             ? ((FASTLN_SCRATCH_MAX * sizeof(T) + 4095) / 4096 * 4096 + 2048) /
+                                   sizeof(T)
+                             : 0 };
     T scratch_buf[2 * SCRATCH_ROW + 64 / sizeof(T)];
     T *const scratch_row0 = (T *)(((uintptr_t)scratch_buf + 63) / 64 * 64);
 #define SC_ROW(row) (scratch ? scratch_row0 + ((row) & 1) * SCRATCH_ROW : NULL)
@@ -1177,14 +1180,15 @@ static TARGET void NAME(norm_fwd)(const D *x, const D *r, const T *w, const T *b
      * C harness built with Python's flags, against widening the row twice, 512 x 1024 (the
      * residual add 512 x 768): float16 LayerNorm 0.91-0.93x the time, RMSNorm 0.89-0.91x, with
      * the add 0.92-0.94x; bfloat16 LayerNorm 0.9-0.92x, with the add 0.94-0.96x, RMSNorm
-     * 0.97-1.02x; the avx2 path's bfloat16 0.9-0.96x; the baseline path (whose float16 widens
-     * one value at a time) float16 LayerNorm 0.52x, RMSNorm 0.63x, with the add 0.73-0.79x,
-     * bfloat16 0.85-0.92x. float16 on the avx2 path goes without: its rows are written in pieces,
+     * 0.97-1.02x; rows of 1280 and 1600 0.89-0.93x (two threads, 1600 x 1280, 0.9-0.93x); the
+     * avx2 path's bfloat16 0.9-0.96x; the baseline path (whose float16 widens one value at a
+     * time) float16 LayerNorm 0.52x, RMSNorm 0.63x, with the add 0.73-0.79x, bfloat16
+     * 0.85-0.92x. float16 on the avx2 path goes without: its rows are written in pieces,
      * where with 16 registers GCC kept the row's constants and the scratch row's pointer on the
      * stack (LayerNorm 1.3x the time; RMSNorm, with the scratch chosen at run time, 1.0-1.05x).
-     * Built without -fwrapv: rows of 2048 took 1.0-1.07x the time (the scratch rows then fill
-     * half the level-1 cache), rows of 64 and 256 0.97-1.18x, and 16-bit rows of 1024 fetched
-     * from memory (65536 x 1024, two threads) 1.03-1.18x. */
+     * Rows of 2048 took 0.89-1.17x the time (float16 LayerNorm 1.06-1.1x; the scratch rows then
+     * fill half the level-1 cache); built without -fwrapv, rows of 64 and 256 0.97-1.18x, and
+     * 16-bit rows of 1024 fetched from memory (65536 x 1024, two threads) 1.03-1.18x. */
     const int scratch = sizeof(D) != sizeof(T) && !fetch && n >= 512 && n <= FASTLN_SCRATCH_MAX &&
                         !(FASTLN_F16 && REGISTER_BYTES == 32);
     if (scratch) {
