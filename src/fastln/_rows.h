@@ -45,6 +45,16 @@
 #define FASTLN_SFENCE() ((void)0)
 #endif
 
+/* FASTLN_IN_REGISTER(v) makes the compiler hold the value v in a register (it emits no
+ * instruction). Short of registers, GCC 12 gives a loaded vector that has several uses no
+ * register of its own and folds the load into each use instead, reading the same bytes from the
+ * cache once per use; see bwd_vec in _rows_impl.h. */
+#if FASTLN_X86_DISPATCH && defined(__x86_64__)
+#define FASTLN_IN_REGISTER(v) __asm__("" : "+v"(v))
+#else
+#define FASTLN_IN_REGISTER(v) ((void)0)
+#endif
+
 #if defined(__GNUC__) || defined(__clang__)
 #define FASTLN_ALWAYS_INLINE inline __attribute__((always_inline))
 #define FASTLN_NOINLINE __attribute__((noinline))
