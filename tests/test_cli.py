@@ -203,6 +203,33 @@ def test_summary_ratios():
     assert "torch" not in text and "fwd vs ORT" in text
 
 
+def test_bench_keeps_each_implementations_fastest_pass(monkeypatch):
+    """Every implementation of a shape, the copy included, is timed in each of PASSES passes
+    over the same arrays, and its fastest median is the one reported."""
+    made, arrays = [], []
+    implementations = _bench._implementations
+
+    def tagged(a, *args, **kwargs):
+        arrays.append(a)
+        made.append(len(made))
+        for impl, kind, _ in implementations(a, *args, **kwargs):
+            yield impl, kind, (impl, made[-1])      # timed by the fake measure below
+
+    # The copy is fastest in the first pass, everything else in the second.
+    seconds = {("copy", 0): 2.0, ("copy", 1): 4.0, ("other", 0): 3.0, ("other", 1): 1.0}
+    monkeypatch.setattr(_bench, "PASSES", 2)
+    monkeypatch.setattr(_bench, "SETTLE_S", 0)
+    monkeypatch.setattr(_bench, "_implementations", tagged)
+    monkeypatch.setattr(_bench, "measure", lambda tag, **kwargs: seconds[
+        "copy" if tag[0] == "copy" else "other", tag[1]])
+    results = _bench.run_bench([(4, 64)], threads=1)
+    assert made == [0, 1] and arrays[0] is arrays[1]
+    assert {(r["impl"], r["op"]) for r in results} >= {("copy", "copy"), ("fastln", "backward")}
+    for r in results:
+        expected = 2.0 if r["op"] == "copy" else 1.0
+        assert r["median_s"] == expected and r["ratio_to_copy"] == expected / 2.0
+
+
 def test_bench_plot(tmp_path):
     pytest.importorskip("matplotlib")
     png = tmp_path / "bench.png"

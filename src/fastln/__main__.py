@@ -174,8 +174,9 @@ def parser():
                    help="comma-separated shapes, normalized over the last dim, e.g. 8192x768,1x768 "
                         "(default: 1x768 up to 65536x1024)")
     s.add_argument("--repeat", type=_positive, default=None,
-                   help="timed samples per implementation and shape (default: as many as fit in "
-                        f"~{_bench.BUDGET_S} s, at least {_bench.MIN_SAMPLES})")
+                   help="timed samples per implementation, shape and pass (default: as many "
+                        f"as fit in ~{_bench.BUDGET_S} s, at least {_bench.MIN_SAMPLES}); each "
+                        f"shape is timed in {_bench.PASSES} passes and the faster median kept")
     s.add_argument("--threads", type=_positive, default=None,
                    help="threads for fastln, PyTorch, ONNX Runtime and the copy (default: "
                         "fastln's current count)")
