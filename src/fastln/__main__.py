@@ -126,7 +126,8 @@ def cmd_bench(args):
         threads = args.threads or fastln.get_num_threads()
         missing = _bench.missing_peers()
         print(f"fastln {fastln.__version__}, SIMD path {_cpu.simd_path()}, {threads} thread(s), "
-              f"{dtype}; median of many calls; 'x copy' = time / time of copying the inputs "
+              f"{dtype}; the faster median of {_bench.PASSES} passes of many calls; 'x copy' = "
+              f"time / time of copying the inputs "
               f"(x, and the residual for add + norm)", file=log)
         if missing:
             print(f"not installed, skipped: {', '.join(missing)}", file=log)
