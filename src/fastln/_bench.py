@@ -16,8 +16,9 @@ faster figure is the floor. Each shape is timed in PASSES such passes over the s
 every implementation, the copy included, keeps its fastest median: other work on a shared
 machine slows whatever runs while it does, and single passes had put single cells up to 1.8x
 off (Zen 4, two threads, float32 LayerNorm 8192 x 768: backward 2.67x the copy and forward with
-out= 1.39x in one run, 1.52x and 0.78x timed side by side minutes later). `fastln._report` turns the results into tables and a plot; the
-benchmarks/ suite reuses `bench_arrays`, the `*_calls` functions, `ThreadedCopy` and `op_bytes`.
+out= 1.39x in one run, 1.52x and 0.78x timed side by side minutes later). `fastln._report`
+turns the results into tables and a plot; the benchmarks/ suite reuses `bench_arrays`, the
+`*_calls` functions, `ThreadedCopy` and `op_bytes`.
 """
 
 import datetime
