@@ -1594,18 +1594,22 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
     head = head < n ? head : n;
     const Py_ssize_t vec_end = head + (n - head) / W * W;
     const double inv_n = 1.0 / (double)n;
-    /* float32 and float64 rows from memory: while bwd_cols computes a group from the cache,
-     * the hardware prefetcher, which follows the loads that miss, has none to follow, and the
-     * memory idles until the next group's first sweep waits for it. bwd_cols fetches the next
-     * group instead. Zen 3, one thread: 0.65-0.75x the time on float32 65536 x 1024, 4096 x 4096
-     * and 1024 x 8192, and on float64 16384 x 1024; fetching two groups ahead, or into level 1
-     * on rows of 8192, gained less. 16-bit data, whose first sweep fetches ahead (`ahead`),
-     * gained nothing from it (float16 4096 x 4096). */
-    const int fetch_ahead = (flags & FASTLN_STREAM) && sizeof(D) == sizeof(T);
-    /* 16-bit data too large for the cache: the first sweep fetches 4 KiB ahead (as the
+    /* Rows from memory: while bwd_cols computes a group from the cache, the hardware
+     * prefetcher, which follows the loads that miss, has none to follow, and the memory idles
+     * until the next group's first sweep waits for it. bwd_cols fetches the next group instead.
+     * Zen 3, one thread: 0.65-0.75x the time on float32 65536 x 1024, 4096 x 4096 and
+     * 1024 x 8192, and on float64 16384 x 1024; fetching two groups ahead, or into level 1 on
+     * rows of 8192, gained less. 16-bit rows do so where they are not short: Zen 4, two threads,
+     * C harness, against the first sweep fetching 4 KiB ahead (as it did for all 16-bit rows),
+     * float16 and bfloat16 LayerNorm rows of 1600 to 16384 values took 0.70-0.92x the time
+     * (4096 x 4096, 1024 x 8192, 8192 x 2048, 4096 x 3000, 2048 x 5120, 8192 x 1600,
+     * 1024 x 16384), RMSNorm 0.70x; short rows (768 and 1024 values) 1.2-1.6x, so they keep the
+     * first sweep's fetch. Both fetches at once gained no more than the groups' alone. */
+    const int fetch_ahead = (flags & FASTLN_STREAM) && (sizeof(D) == sizeof(T) || !short_rows);
+    /* 16-bit short rows too large for the cache: the first sweep fetches 4 KiB ahead (as the
      * forward's statistics sweep does): 0.8x the time on 4096 x 4096 and 1024 x 8192 float16
-     * and bfloat16 (Zen 5, one thread). float32 gained nothing. */
-    const Py_ssize_t ahead = (flags & FASTLN_STREAM) && sizeof(D) != sizeof(T) ? 4096 : 0;
+     * and bfloat16 (Zen 5, one thread, when all 16-bit rows did). float32 gained nothing. */
+    const Py_ssize_t ahead = (flags & FASTLN_STREAM) && !fetch_ahead ? 4096 : 0;
     /* The dweight and dbias shares are summed in float32 over STAGE_ROWS rows, in two rows stw
      * and stb of the level-1 cache, before they are added to the double partials. Adding each
      * group's shares there (a conversion, and a read and a write of two cache lines per vector)
