@@ -1601,7 +1601,7 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
      * 1024 x 8192, and on float64 16384 x 1024; fetching two groups ahead, or into level 1 on
      * rows of 8192, gained less. 16-bit rows do so where they are not short: Zen 4, two threads,
      * C harness, against the first sweep fetching 4 KiB ahead (as it did for all 16-bit rows),
-     * float16 and bfloat16 LayerNorm rows of 1600 to 16384 values took 0.70-0.92x the time
+     * float16 and bfloat16 LayerNorm rows of 1600 to 16384 values took 0.71-0.92x the time
      * (4096 x 4096, 1024 x 8192, 8192 x 2048, 4096 x 3000, 2048 x 5120, 8192 x 1600,
      * 1024 x 16384), RMSNorm 0.70x; short rows (768 and 1024 values) 1.2-1.6x, so they keep the
      * first sweep's fetch. Both fetches at once gained no more than the groups' alone. */
