@@ -1330,7 +1330,10 @@ NAME(bwd_vec)(const D *restrict dy, const D *restrict x, const T *restrict w,
     const V wv = NAME(load)(w + j);
     V dwa = NAME(splat)(0), dba = NAME(splat)(0);
     /* The same cache line of each row of a later group (next_x, next_dy; NULL: none),
-     * fetched for the level-2 cache (long rows' groups leave little room in level 1). */
+     * fetched for the level-2 cache (long rows' groups leave little room in level 1). Where a
+     * vector is half a line (16-bit data, the avx2 path), fetching only at every other vector
+     * gained nothing (Zen 4, one thread, C harness: float16 LayerNorm 1024 x 8192 1.02x the
+     * time, 4096 x 4096 1.06x, float32 8192 x 1024 on the avx2 path 0.97-1.0x). */
     if (next_x != NULL)
         for (int r = 0; r < nr; r++) {
             __builtin_prefetch(next_x + r * n + j, 0, 2);
@@ -1559,6 +1562,11 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
      * groups were fetched ahead, 4-row groups had taken 0.85x their time on float32 8192 x 768
      * from memory on Zen 4, and fetching 4-row groups ahead 0.65x the time of not fetching
      * them on Zen 5; neither machine measured this choice.) */
+    /* The first sweep of a row reads it from level 2 or 3 and the second is bound by its
+     * stores, so overlapping them looks worth it; but forming the next group's sums within
+     * this group's second sweep took 1.2-1.5x the time (Zen 4, one thread, cached float32 rows
+     * of 1024, C harness, with the sums of one row or two: GCC ran out of registers), and the
+     * sums of a group's two rows in one sweep, the weight loaded once for both, the same. */
     const int short_rows = (size_t)n * sizeof(D) * 2 * GROUP_ROWS <= 24576;
     /* Rows a multiple of 4 KiB long from memory go one at a time. Every row's column j then
      * falls in the same set of the 8-way level-1 cache: a group of 2 and the next group, fetched
@@ -1572,17 +1580,22 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
      * harness, and cached rows of 1024 1.05-1.1x, so they keep their groups. */
     const int one_row = (flags & FASTLN_STREAM) && ((size_t)n * sizeof(D)) % 4096 == 0;
     const int group = one_row ? 1 : short_rows && !(flags & FASTLN_STREAM) ? GROUP_ROWS : 2;
-    /* Rows of a whole number of vectors (W values: a register of T, half one of 16-bit data),
-     * so that every row has the same alignment: the second sweep's vectors start at column
-     * `head`, where dy is aligned to a vector (dx when streaming: streaming stores need it),
-     * the columns before done one at a time. x and dx placed alike (NumPy's large arrays all sit
-     * 16 bytes past a page, fastln's fresh dx at the offset of dy) are then aligned too. Zen 5,
+    /* Rows of a whole number of vectors (W values: a register of T, half one of 16-bit data), so
+     * that every row has the same alignment: the second sweep's vectors start at column `head`,
+     * where dy is aligned to a vector (dx when streaming: streaming stores need it), the columns
+     * outside them done apart (see `edges`). x and dx placed alike (NumPy's large arrays all sit 16
+     * bytes past a page, fastln's fresh dx at the offset of dy) are then aligned too. Zen 5,
      * float32 rows of 1024, one thread: all three 16 bytes off a 64-byte boundary took 1.3x the
-     * time of aligned before, 1.15x now. 16-bit data that does not stream lost nothing to
-     * misalignment, and its columns one at a time cost more, so it starts at 0. The first sweep
-     * always starts at 0, so that the row sums, and with them the result, do not depend on
-     * where the arrays are. Rows whose streamed dx would make the CPU flush its write-combining
-     * buffers half full (wc_conflict) are written with plain stores. */
+     * time of aligned before, 1.15x now. On Zen 4 (one thread, cached float32 64 x 1024, C harness)
+     * they took 1.3x the time 16 or 48 bytes off and 1.13x 32 bytes off, where the 512-bit
+     * accesses, which it splits into 256-bit halves, cross no cache line: the first sweep's loads
+     * from column 0 cost about half of it and the edges the rest. Edges computed after bwd_cols, or
+     * adding to the stage as whole vectors, and head 0 (no edges, every access off) took 0.98-1.1x
+     * the time. 16-bit data that does not stream lost nothing to misalignment, and its columns one
+     * at a time cost more, so it starts at 0. The first sweep always starts at 0, so that the row
+     * sums, and with them the result, do not depend on where the arrays are. Rows whose streamed dx
+     * would make the CPU flush its write-combining buffers half full (wc_conflict) are written with
+     * plain stores. */
     const Py_ssize_t vec_bytes = W * (Py_ssize_t)sizeof(D);
     const int same_rows = (n * (Py_ssize_t)sizeof(D)) % vec_bytes == 0;
     const int stream = (flags & FASTLN_STREAM) && same_rows &&
