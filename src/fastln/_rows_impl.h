@@ -779,7 +779,11 @@ NAME(out_row)(const D *x, const D *r, D *sum, D *y, const T *w, const T *b, Py_s
     /* The vector sweep starts where y is aligned to the vector it stores (a register of T,
      * half one of 16-bit data), the columns before one at a time. Streaming stores need it,
      * and x placed alike (fastln's fresh outputs sit at the offset of x) is then aligned
-     * too. 16-bit rows that do not stream start at 0 (see norm_bwd). */
+     * too. 16-bit rows that do not stream start at 0 (see norm_bwd). The columns before, and
+     * those after the last whole vector, written as whole vectors at columns 0 and n - W over
+     * columns that the sweep writes too (where nothing is in place) took 0.99x the time of one
+     * value at a time (Zen 4, one thread, C harness, cached float32 512 x 1024 16 bytes off a
+     * 64-byte boundary, where the columns cost 1.06x). */
     const Py_ssize_t head = sizeof(D) != sizeof(T) && !stream ? 0 : (Py_ssize_t)(
         ((W * sizeof(D) - (uintptr_t)yr % (W * sizeof(D))) % (W * sizeof(D))) / sizeof(D));
     /* (s - pivot) is exact; subtracting the small remainder mu rounds once. */
@@ -1589,13 +1593,14 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
      * time of aligned before, 1.15x now. On Zen 4 (one thread, cached float32 64 x 1024, C harness)
      * they took 1.3x the time 16 or 48 bytes off and 1.13x 32 bytes off, where the 512-bit
      * accesses, which it splits into 256-bit halves, cross no cache line: the first sweep's loads
-     * from column 0 cost about half of it and the edges the rest. Edges computed after bwd_cols, or
-     * adding to the stage as whole vectors, and head 0 (no edges, every access off) took 0.98-1.1x
-     * the time. 16-bit data that does not stream lost nothing to misalignment, and its columns one
-     * at a time cost more, so it starts at 0. The first sweep always starts at 0, so that the row
-     * sums, and with them the result, do not depend on where the arrays are. Rows whose streamed dx
-     * would make the CPU flush its write-combining buffers half full (wc_conflict) are written with
-     * plain stores. */
+     * from column 0 cost about half of it and the edges the rest. That sweep's vectors formed from
+     * aligned loads by two-source permutes (vpermt2ps; the same values) took 0.98-1.0x the time,
+     * though 0.8x in a loop of its own. Edges computed after bwd_cols, or adding to the stage as
+     * whole vectors, and head 0 (no edges, every access off) took 0.98-1.1x the time. 16-bit data
+     * that does not stream lost nothing to misalignment, and its columns one at a time cost more,
+     * so it starts at 0. The first sweep always starts at 0, so that the row sums, and with them
+     * the result, do not depend on where the arrays are. Rows whose streamed dx would make the CPU
+     * flush its write-combining buffers half full (wc_conflict) are written with plain stores. */
     const Py_ssize_t vec_bytes = W * (Py_ssize_t)sizeof(D);
     const int same_rows = (n * (Py_ssize_t)sizeof(D)) % vec_bytes == 0;
     const int stream = (flags & FASTLN_STREAM) && same_rows &&
