@@ -1216,6 +1216,148 @@ static TARGET void NAME(norm_fwd)(const D *x, const D *r, const T *w, const T *b
 #undef FASTLN_FWD_ROWS
 }
 
+/* The end of row_grad_sums (and row_grad_sums_at): the lanes' totals, the columns from `from`
+ * on (after the last whole vector) added one at a time in double, and out[] (see there). */
+static TARGET FASTLN_ALWAYS_INLINE void NAME(grad_sums_end)(LANES ld, LANES lg, LANES lgd,
+                                                            const D *restrict x,
+                                                            const D *restrict dy,
+                                                            const T *restrict w,
+                                                            Py_ssize_t from, Py_ssize_t n, T k,
+                                                            const int rms,
+                                                            double *restrict out)
+{
+    double sd = NAME(lanes_total)(ld), sg = NAME(lanes_total)(lg),
+           sgd = NAME(lanes_total)(lgd);
+    for (Py_ssize_t i = from; i < n; i++) {
+        const double d = (double)(NAME(ld1)(x + i) - k);
+        const double g = (double)NAME(ld1)(dy + i) * (double)w[i];
+        sd += d;
+        sg += g;
+        sgd += g * d;
+    }
+    out[0] = rms ? 0.0 : sd;
+    out[1] = rms ? 0.0 : sg;
+    out[2] = sgd;
+}
+
+/* Whether row_grad_sums_at is compiled: on the AVX-512 paths, for float32 and float64 data. */
+#if FASTLN_X86_DISPATCH && FASTLN_VECTOR_EXT && REGISTER_BYTES == 64 && !defined(FASTLN_HALF)
+#define FASTLN_ALIGNED_SUMS 1
+#else
+#define FASTLN_ALIGNED_SUMS 0
+#endif
+#if FASTLN_ALIGNED_SUMS
+typedef __mmask16 NAME(mask);
+/* a + b in the lanes of m, a in the others. */
+static TARGET FASTLN_ALWAYS_INLINE V NAME(madd)(V a, NAME(mask) m, V b)
+{
+    if (sizeof(T) == sizeof(float))
+        return (V)_mm512_mask_add_ps((__m512)a, m, (__m512)a, (__m512)b);
+    return (V)_mm512_mask_add_pd((__m512d)a, (__mmask8)m, (__m512d)a, (__m512d)b);
+}
+
+/* NAME(fma)(a, b, c) in the lanes of m, c in the others. */
+static TARGET FASTLN_ALWAYS_INLINE V NAME(mfma)(V a, V b, V c, NAME(mask) m)
+{
+    if (sizeof(T) == sizeof(float))
+        return (V)_mm512_mask3_fmadd_ps((__m512)a, (__m512)b, (__m512)c, m);
+    return (V)_mm512_mask3_fmadd_pd((__m512d)a, (__m512d)b, (__m512d)c, (__mmask8)m);
+}
+
+/* The lanes of m from p, zeros in the others (which are not read). */
+static TARGET FASTLN_ALWAYS_INLINE V NAME(mload)(NAME(mask) m, const T *p)
+{
+    if (sizeof(T) == sizeof(float))
+        return (V)_mm512_maskz_loadu_ps(m, p);
+    return (V)_mm512_maskz_loadu_pd((__mmask8)m, p);
+}
+
+/* row_grad_sums for a row x (and dy and w, at best placed alike) that starts a values past a
+ * 64-byte boundary (0 < a < W), read in aligned vectors, with the same result to the bit.
+ * Aligned vector u holds in lane L the value at u * W - a + L, which row_grad_sums reads into
+ * lane l = (L - a) % W of its vector u (lanes L >= a) or u - 1 (L < a). Here lane L gets the
+ * values that lane l gets there, added in the same order: a block of vectors [v, v + len) takes
+ * the lanes >= a of aligned vectors [v, v + len) and the lanes < a of [v + 1, v + len + 1) (the
+ * vector at a block's end is loaded once and its lanes >= a carried into the next block).
+ * The lanes < a of each vector so go to the other of the two chains, which are added before the
+ * block is added to the lanes' double sums (the same sum), and the lanes are those of
+ * row_grad_sums turned by a places, which their total (pairs of lanes W / 2 apart, then W / 4
+ * apart, ...) does not see: each step adds the same pairs.
+ *
+ * NumPy places large arrays 16 bytes past a 64-byte boundary, and on Zen 4, which splits each
+ * 512-bit access in two 256-bit halves, a load whose second half crosses a cache line costs
+ * about 1.5 aligned ones. Zen 4, one thread, C harness built with Python's flags, float32
+ * LayerNorm backward with x, dy and dx 16 bytes off and the weight elsewhere (norm_bwd copies
+ * it into place), against row_grad_sums' loads from the row's start: 64 x 1024 took
+ * 0.87-0.9x the time, 64 x 768 0.93x, RMSNorm 64 x 1024 0.88x, 16 x 4096 0.96x, 8 x 1024
+ * 0.94x, 8192 x 768 from memory 0.96x, 512 x 8192 1.0x, rows of 768 one or two at a time
+ * (without the copy) 0.99-1.0x; with all arrays aligned the sweep is not used. */
+static TARGET FASTLN_ALWAYS_INLINE void NAME(row_grad_sums_at)(const T *restrict x,
+                                                               const T *restrict dy,
+                                                               const T *restrict w,
+                                                               Py_ssize_t n, T k, int a,
+                                                               Py_ssize_t ahead, const int rms,
+                                                               double *restrict out)
+{
+    LANES ld = NAME(lanes_zero)(), lg = ld, lgd = ld;
+    const V kv = NAME(splat)(k), zero = NAME(splat)(0);
+    const Py_ssize_t nvec = n / W;
+    const T *xa = x - a, *dya = dy - a, *wa = w - a;
+    const NAME(mask) all = (NAME(mask))((1u << W) - 1u), hi = (NAME(mask))(all << a) & all,
+                     lo = (NAME(mask))(all & ~hi);
+    /* The lanes >= a of the aligned vector at a block's start. */
+    V d0 = NAME(mload)(hi, xa) - kv, g0 = NAME(mload)(hi, dya) * NAME(mload)(hi, wa);
+    Py_ssize_t v = 0;
+    while (v < nvec) {
+        const int len = nvec - v < BLOCK ? (int)(nvec - v) : BLOCK;
+        V bd[2] = {zero, zero}, bg[2] = {zero, zero}, bgd[2] = {zero, zero};
+        if (ahead) {
+            NAME(fetch_block)(x, NULL, 0, v * W, ahead, 0);
+            NAME(fetch_block)(dy, NULL, 0, v * W, ahead, 0);
+        }
+        if (!rms) {
+            bd[0] = NAME(madd)(bd[0], hi, d0);
+            bg[0] = NAME(madd)(bg[0], hi, g0);
+        }
+        bgd[0] = NAME(mfma)(g0, d0, bgd[0], hi);
+        /* Aligned vectors v + 1, v + 2, ... in chains 1, 0, 1, ... (each chain known at compile
+         * time: indexed at run time, GCC kept them in memory, 2x the time). */
+        for (int s = 1; s < len + 1; s += 2)
+            for (int c = 1; c >= 0 && s + 1 - c < len; c--) {
+                const Py_ssize_t i = (v + s + 1 - c) * W;
+                const V d = NAME(load)(xa + i) - kv,
+                        g = NAME(load)(dya + i) * NAME(load)(wa + i);
+                if (!rms) {
+                    bd[c] += d;
+                    bg[c] += g;
+                }
+                bgd[c] = NAME(fma)(g, d, bgd[c]);
+            }
+        /* The aligned vector v + len: its lanes < a end this block (beyond the last whole
+         * vector, only they are read), its lanes >= a start the next. */
+        const Py_ssize_t u = v + len;
+        const NAME(mask) m = u < nvec ? all : lo;
+        d0 = NAME(mload)(m, xa + u * W) - kv;
+        g0 = NAME(mload)(m, dya + u * W) * NAME(mload)(m, wa + u * W);
+        for (int c = 0; c < 2; c++)
+            if (c == (len & 1)) {
+                if (!rms) {
+                    bd[c] = NAME(madd)(bd[c], lo, d0);
+                    bg[c] = NAME(madd)(bg[c], lo, g0);
+                }
+                bgd[c] = NAME(mfma)(g0, d0, bgd[c], lo);
+            }
+        v += len;
+        if (!rms) {
+            NAME(lanes_add)(&ld, bd[0] + bd[1]);
+            NAME(lanes_add)(&lg, bg[0] + bg[1]);
+        }
+        NAME(lanes_add)(&lgd, bgd[0] + bgd[1]);
+    }
+    NAME(grad_sums_end)(ld, lg, lgd, x, dy, w, nvec * W, n, k, rms, out);
+}
+#endif
+
 /* The three sums the backward needs from one row, about the pivot k (the saved mean):
  * sum(x - k), sum(g) and sum(g * (x - k)) with g = dy * w. RMSNorm (rms, k = 0) needs only the
  * last, and only it is formed, the others given as 0 (Zen 3, one thread, cached rows of 1024:
@@ -1225,13 +1367,20 @@ static TARGET void NAME(norm_fwd)(const D *x, const D *r, const T *w, const T *b
  * of 1024, the whole backward took 0.88x the time with two in float32, 0.86x in float64, the
  * same in 16-bit, where the conversions set the pace; four were slower than two, and for
  * RMSNorm's one sum on Zen 3 no faster), then added to per-lane double sums; lanes and tail in
- * double. */
+ * double. Rows off a 64-byte boundary take row_grad_sums_at on the AVX-512 paths. */
 static TARGET FASTLN_ALWAYS_INLINE void NAME(row_grad_sums)(const D *restrict x,
                                                             const D *restrict dy,
                                                             const T *restrict w, Py_ssize_t n,
                                                             T k, Py_ssize_t ahead,
                                                             const int rms, double *restrict out)
 {
+#if FASTLN_ALIGNED_SUMS
+    const int a = (int)((uintptr_t)x % 64 / sizeof(T));
+    if (a != 0 && (uintptr_t)x % sizeof(T) == 0 && n >= W) {
+        NAME(row_grad_sums_at)(x, dy, w, n, k, a, ahead, rms, out);
+        return;
+    }
+#endif
     LANES ld = NAME(lanes_zero)(), lg = ld, lgd = ld;
     const V kv = NAME(splat)(k), zero = NAME(splat)(0);
     const Py_ssize_t nvec = n / W;
@@ -1260,18 +1409,7 @@ static TARGET FASTLN_ALWAYS_INLINE void NAME(row_grad_sums)(const D *restrict x,
         }
         NAME(lanes_add)(&lgd, bgd[0] + bgd[1]);
     }
-    double sd = NAME(lanes_total)(ld), sg = NAME(lanes_total)(lg),
-           sgd = NAME(lanes_total)(lgd);
-    for (Py_ssize_t i = nvec * W; i < n; i++) {
-        const double d = (double)(NAME(ld1)(x + i) - k);
-        const double g = (double)NAME(ld1)(dy + i) * (double)w[i];
-        sd += d;
-        sg += g;
-        sgd += g * d;
-    }
-    out[0] = rms ? 0.0 : sd;
-    out[1] = rms ? 0.0 : sg;
-    out[2] = sgd;
+    NAME(grad_sums_end)(ld, lg, lgd, x, dy, w, nvec * W, n, k, rms, out);
 }
 
 /* One row of the backward entirely in double, for rows the T sweep cannot take: float32 rows
@@ -1322,7 +1460,9 @@ static TARGET void NAME(bwd_row_exact)(const D *restrict dy, const D *restrict x
  * 512 x 1024 0.92x; float64, 16-bit data, the fused add's ds, rows of 4096 and the avx2 and
  * baseline paths 0.98-1.01x, all with the same bits. From Python, two threads, the bench's
  * arrays, four pairs of processes: LayerNorm 512 x 1024 0.84-0.99x, RMSNorm 0.92-1.02x,
- * 8192 x 768 from memory 0.86-1.09x. */
+ * 8192 x 768 from memory 0.86-1.09x. The weight's vector is held likewise (GCC loaded it once
+ * per row of a group): Zen 4, harness, LayerNorm 64 x 1024 0.98x, RMSNorm 0.96x, other shapes,
+ * float16, bfloat16 and avx2 0.98-1.02x. */
 static TARGET FASTLN_ALWAYS_INLINE void
 NAME(bwd_vec)(const D *restrict dy, const D *restrict x, const T *restrict w,
               const D *restrict ds, T *restrict stw, T *restrict stb, double *restrict dw_part,
@@ -1331,7 +1471,8 @@ NAME(bwd_vec)(const D *restrict dy, const D *restrict x, const T *restrict w,
               const int rms, const int has_ds, const int staged, const D *next_dy,
               const D *next_x, V d[GROUP_ROWS])
 {
-    const V wv = NAME(load)(w + j);
+    V wv = NAME(load)(w + j);
+    FASTLN_IN_REGISTER(wv);
     V dwa = NAME(splat)(0), dba = NAME(splat)(0);
     /* The same cache line of each row of a later group (next_x, next_dy; NULL: none),
      * fetched for the level-2 cache (long rows' groups leave little room in level 1). Where a
@@ -1595,11 +1736,13 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
      * accesses, which it splits into 256-bit halves, cross no cache line: the first sweep's loads
      * from column 0 cost about half of it and the edges the rest. That sweep's vectors formed from
      * aligned loads by two-source permutes (vpermt2ps; the same values) took 0.98-1.0x the time,
-     * though 0.8x in a loop of its own. Edges computed after bwd_cols, or adding to the stage as
-     * whole vectors, and head 0 (no edges, every access off) took 0.98-1.1x the time. 16-bit data
-     * that does not stream lost nothing to misalignment, and its columns one at a time cost more,
-     * so it starts at 0. The first sweep always starts at 0, so that the row sums, and with them
-     * the result, do not depend on where the arrays are. Rows whose streamed dx would make the CPU
+     * though 0.8x in a loop of its own; aligned loads with the lanes taken as they come
+     * (row_grad_sums_at, with the weight copied into place) 0.87-0.9x. Edges computed after
+     * bwd_cols, or adding to the stage as whole vectors, and head 0 (no edges, every access off)
+     * took 0.98-1.1x the time. 16-bit data that does not stream lost nothing to misalignment,
+     * and its columns one at a time cost more, so it starts at 0. The first sweep sums the
+     * same values in the same order wherever the arrays are, so that the row sums, and with
+     * them the result, do not depend on it. Rows whose streamed dx would make the CPU
      * flush its write-combining buffers half full (wc_conflict) are written with plain stores. */
     const Py_ssize_t vec_bytes = W * (Py_ssize_t)sizeof(D);
     const int same_rows = (n * (Py_ssize_t)sizeof(D)) % vec_bytes == 0;
@@ -1642,6 +1785,21 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
      * The stage's column `head` sits 1.5 KiB past that of the array the sweep aligns to (modulo
      * 4 KiB; stb 1 KiB further), on a cache line: a load whose address agrees with an earlier
      * store's in the low 12 bits waits for it, and rows of 1024 float32 values all agree. */
+    /* The weight, where it lies at another offset from a 64-byte boundary than x, copied to
+     * x's (the same values, so the same bits), so that both sweeps load it aligned wherever they
+     * load x aligned: row_grad_sums_at, and the second sweep, whose vectors start where dy is
+     * aligned, as x is in NumPy's large arrays. Zen 4, one thread, C harness, float32 64 x 1024
+     * with x, dy and dx 16 bytes off, the weight 0 or 48 bytes off: 0.87-0.89x the time of the
+     * sweeps before row_grad_sums_at (which alone gave 0.94x there). With the copy two rows of
+     * 768 took 1.18x the time, so blocks of fewer than 8 rows go without. */
+    void *wbuf = NULL;
+    if (FASTLN_ALIGNED_SUMS && same_rows && rows >= 8 && n >= W &&
+        ((uintptr_t)w - (uintptr_t)x) % 64 != 0 && (uintptr_t)x % sizeof(T) == 0 &&
+        (wbuf = malloc((size_t)n * sizeof(T) + 128)) != NULL) {
+        T *wc = (T *)((((uintptr_t)wbuf + 63) / 64 * 64) + (uintptr_t)x % 64);
+        memcpy(wc, w, (size_t)n * sizeof(T));
+        w = wc;
+    }
     T *stw = NULL, *stb = NULL;
     void *stage = NULL;
     const size_t stage_row = ((size_t)n * sizeof(T) + 4095) / 4096 * 4096;
@@ -1821,6 +1979,7 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
             NAME(flush_stage)(stb, db_part, head, vec_end, n, 0);
     }
     free(stage);
+    free(wbuf);
     if (stream)
         FASTLN_SFENCE();
 }
@@ -1843,6 +2002,7 @@ static TARGET void NAME(sum_blocks)(double *restrict parts, Py_ssize_t nblocks, 
 
 #undef D
 #undef FASTLN_SCRATCH_MAX
+#undef FASTLN_ALIGNED_SUMS
 #undef FASTLN_F16
 #undef V
 #undef W
