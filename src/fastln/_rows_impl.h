@@ -1462,7 +1462,14 @@ static TARGET void NAME(bwd_row_exact)(const D *restrict dy, const D *restrict x
  * arrays, four pairs of processes: LayerNorm 512 x 1024 0.84-0.99x, RMSNorm 0.92-1.02x,
  * 8192 x 768 from memory 0.86-1.09x. The weight's vector is held likewise (GCC loaded it once
  * per row of a group): Zen 4, harness, LayerNorm 64 x 1024 0.98x, RMSNorm 0.96x, other shapes,
- * float16, bfloat16 and avx2 0.98-1.02x. */
+ * float16, bfloat16 and avx2 0.98-1.02x.
+ *
+ * Zen 4 (AVX-512 on 256-bit units), measured in loops of their own: a 512-bit store takes 2
+ * cycles, a load 1 (1.5-1.7 where it crosses a cache line), and stores and FMAs slow each other
+ * (a store and two FMAs took 3.7 cycles, a store and two products 2). Yet splitting this
+ * sweep's FMAs into products and sums took 1.06-1.12x the time of the whole backward (float32
+ * 64 x 1024, C harness), and this loop alone, all in the level-1 cache, took 6.6 cycles per
+ * vector of a row aligned, 11 with every array 16 bytes off. */
 static TARGET FASTLN_ALWAYS_INLINE void
 NAME(bwd_vec)(const D *restrict dy, const D *restrict x, const T *restrict w,
               const D *restrict ds, T *restrict stw, T *restrict stb, double *restrict dw_part,
