@@ -1216,6 +1216,40 @@ static TARGET void NAME(norm_fwd)(const D *x, const D *r, const T *w, const T *b
 #undef FASTLN_FWD_ROWS
 }
 
+/* One vector of row_grad_sums' sweep (d = s - k, g = dy * w) added to chain c of a block's
+ * sums (the mean's and the gradient's only for LayerNorm). */
+static TARGET FASTLN_ALWAYS_INLINE void NAME(grad_step)(V d, V g, const int rms, V *restrict bd,
+                                                        V *restrict bg, V *restrict bgd)
+{
+    if (!rms) {
+        *bd += d;
+        *bg += g;
+    }
+    *bgd = NAME(fma)(g, d, *bgd);
+}
+
+/* With ahead (rows from memory), the block of x and dy at element i fetched ahead. */
+static TARGET FASTLN_ALWAYS_INLINE void NAME(grad_fetch)(const D *x, const D *dy, Py_ssize_t i,
+                                                         Py_ssize_t ahead)
+{
+    if (ahead) {
+        NAME(fetch_block)(x, NULL, 0, i, ahead, 0);
+        NAME(fetch_block)(dy, NULL, 0, i, ahead, 0);
+    }
+}
+
+/* A block's two chains of each sum added to the row's per-lane double sums. */
+static TARGET FASTLN_ALWAYS_INLINE void NAME(grad_block_end)(LANES *ld, LANES *lg, LANES *lgd,
+                                                             const V bd[2], const V bg[2],
+                                                             const V bgd[2], const int rms)
+{
+    if (!rms) {
+        NAME(lanes_add)(ld, bd[0] + bd[1]);
+        NAME(lanes_add)(lg, bg[0] + bg[1]);
+    }
+    NAME(lanes_add)(lgd, bgd[0] + bgd[1]);
+}
+
 /* The end of row_grad_sums (and row_grad_sums_at): the lanes' totals, the columns from `from`
  * on (after the last whole vector) added one at a time in double, and out[] (see there). */
 static TARGET FASTLN_ALWAYS_INLINE void NAME(grad_sums_end)(LANES ld, LANES lg, LANES lgd,
@@ -1311,10 +1345,7 @@ static TARGET FASTLN_ALWAYS_INLINE void NAME(row_grad_sums_at)(const T *restrict
     while (v < nvec) {
         const int len = nvec - v < BLOCK ? (int)(nvec - v) : BLOCK;
         V bd[2] = {zero, zero}, bg[2] = {zero, zero}, bgd[2] = {zero, zero};
-        if (ahead) {
-            NAME(fetch_block)(x, NULL, 0, v * W, ahead, 0);
-            NAME(fetch_block)(dy, NULL, 0, v * W, ahead, 0);
-        }
+        NAME(grad_fetch)(x, dy, v * W, ahead);
         if (!rms) {
             bd[0] = NAME(madd)(bd[0], hi, d0);
             bg[0] = NAME(madd)(bg[0], hi, g0);
@@ -1325,13 +1356,9 @@ static TARGET FASTLN_ALWAYS_INLINE void NAME(row_grad_sums_at)(const T *restrict
         for (int s = 1; s < len + 1; s += 2)
             for (int c = 1; c >= 0 && s + 1 - c < len; c--) {
                 const Py_ssize_t i = (v + s + 1 - c) * W;
-                const V d = NAME(load)(xa + i) - kv,
-                        g = NAME(load)(dya + i) * NAME(load)(wa + i);
-                if (!rms) {
-                    bd[c] += d;
-                    bg[c] += g;
-                }
-                bgd[c] = NAME(fma)(g, d, bgd[c]);
+                NAME(grad_step)(NAME(load)(xa + i) - kv,
+                                NAME(load)(dya + i) * NAME(load)(wa + i), rms, &bd[c],
+                                &bg[c], &bgd[c]);
             }
         /* The aligned vector v + len: its lanes < a end this block (beyond the last whole
          * vector, only they are read), its lanes >= a start the next. */
@@ -1348,11 +1375,7 @@ static TARGET FASTLN_ALWAYS_INLINE void NAME(row_grad_sums_at)(const T *restrict
                 bgd[c] = NAME(mfma)(g0, d0, bgd[c], lo);
             }
         v += len;
-        if (!rms) {
-            NAME(lanes_add)(&ld, bd[0] + bd[1]);
-            NAME(lanes_add)(&lg, bg[0] + bg[1]);
-        }
-        NAME(lanes_add)(&lgd, bgd[0] + bgd[1]);
+        NAME(grad_block_end)(&ld, &lg, &lgd, bd, bg, bgd, rms);
     }
     NAME(grad_sums_end)(ld, lg, lgd, x, dy, w, nvec * W, n, k, rms, out);
 }
@@ -1388,26 +1411,15 @@ static TARGET FASTLN_ALWAYS_INLINE void NAME(row_grad_sums)(const D *restrict x,
     while (v < nvec) {
         const int len = nvec - v < BLOCK ? (int)(nvec - v) : BLOCK;
         V bd[2] = {zero, zero}, bg[2] = {zero, zero}, bgd[2] = {zero, zero};
-        if (ahead) {
-            NAME(fetch_block)(x, NULL, 0, v * W, ahead, 0);
-            NAME(fetch_block)(dy, NULL, 0, v * W, ahead, 0);
-        }
+        NAME(grad_fetch)(x, dy, v * W, ahead);
         for (int s = 0; s < len; s += 2)
             for (int c = 0; c < 2 && s + c < len; c++) {
                 const Py_ssize_t i = (v + s + c) * W;
-                const V d = NAME(lds)(x + i) - kv, g = NAME(lds)(dy + i) * NAME(load)(w + i);
-                if (!rms) {
-                    bd[c] += d;
-                    bg[c] += g;
-                }
-                bgd[c] = NAME(fma)(g, d, bgd[c]);
+                NAME(grad_step)(NAME(lds)(x + i) - kv, NAME(lds)(dy + i) * NAME(load)(w + i),
+                                rms, &bd[c], &bg[c], &bgd[c]);
             }
         v += len;
-        if (!rms) {
-            NAME(lanes_add)(&ld, bd[0] + bd[1]);
-            NAME(lanes_add)(&lg, bg[0] + bg[1]);
-        }
-        NAME(lanes_add)(&lgd, bgd[0] + bgd[1]);
+        NAME(grad_block_end)(&ld, &lg, &lgd, bd, bg, bgd, rms);
     }
     NAME(grad_sums_end)(ld, lg, lgd, x, dy, w, nvec * W, n, k, rms, out);
 }
