@@ -29,7 +29,8 @@ def test_shape_mismatch(nshape, match):
 
 @pytest.mark.parametrize("nshape, exc", [
     ((), ValueError), (-8, ValueError), (8.0, TypeError), ("8", TypeError), (True, TypeError),
-    ([8, None], TypeError),
+    ([8, None], TypeError), ((True,), TypeError), ({8}, TypeError), ({8: "a"}, TypeError),
+    ((d for d in [8]), TypeError), (np.ones((1, 1), int), TypeError),
 ])
 def test_bad_normalized_shape(nshape, exc):
     with pytest.raises(exc, match="normalized_shape"):
@@ -40,6 +41,8 @@ def test_normalized_shape_accepts_lists_and_numpy_ints():
     x = np.ones((2, 3, 4))
     np.testing.assert_array_equal(fastln.layer_norm(x, [3, 4]), fastln.layer_norm(x, (3, 4)))
     np.testing.assert_array_equal(fastln.layer_norm(x, np.int64(4)), fastln.layer_norm(x, 4))
+    np.testing.assert_array_equal(fastln.layer_norm(x, np.array([3, 4])),
+                                  fastln.layer_norm(x, (3, 4)))
 
 
 def test_zero_width():
@@ -93,7 +96,13 @@ def test_bad_eps_value(eps):
         fastln.layer_norm(X, 8, eps=eps)
 
 
-@pytest.mark.parametrize("eps", ["1e-5", None, [1e-5]])
+def test_eps_as_a_zero_d_array():
+    """A 0-d array is taken as NumPy's scalars are."""
+    np.testing.assert_array_equal(fastln.layer_norm(X, 8, eps=np.array(0.25)),
+                                  fastln.layer_norm(X, 8, eps=0.25))
+
+
+@pytest.mark.parametrize("eps", ["1e-5", None, [1e-5], True, np.bool_(False), np.array([1e-5])])
 def test_bad_eps_type(eps):
     with pytest.raises(TypeError, match="eps must be a real number"):
         fastln.layer_norm(X, 8, eps=eps)
@@ -104,6 +113,9 @@ def test_out_wrong_shape_dtype_type():
         fastln.layer_norm(X, 8, out=np.empty((8, 4), np.float32))
     with pytest.raises(TypeError, match=r"out must have dtype float32, got float64"):
         fastln.layer_norm(X, 8, out=np.empty((4, 8), np.float64))
+    with pytest.raises(TypeError, match=r"out must have dtype float32 in native byte order, "
+                                        r"got >f4"):
+        fastln.layer_norm(X, 8, out=np.empty((4, 8), ">f4"))
     with pytest.raises(TypeError, match=r"out must be a numpy.ndarray, got list"):
         fastln.layer_norm(X, 8, out=[[0.0] * 8] * 4)
 
@@ -165,6 +177,10 @@ def test_backward_weight_shape():
     mean, rstd = _stats()
     with pytest.raises(ValueError, match=r"weight must have shape normalized_shape=\(8,\)"):
         fastln.layer_norm_backward(X, X, mean, rstd, np.ones(4, np.float32))
+    # The saved statistics fix the normalized dims: those of one row make the whole x one row.
+    with pytest.raises(ValueError, match=r"normalized_shape=\(4, 8\) \(x's dims after the 0 "
+                                         r"of mean, whose shape is \(\)\), got \(8,\)"):
+        fastln.layer_norm_backward(X, X, mean[0], rstd[0], np.ones(8, np.float32))
 
 
 def test_backward_zero_width():
@@ -176,8 +192,9 @@ def test_backward_zero_width():
 # threads
 
 
-@pytest.mark.parametrize("n, exc", [(0, ValueError), (-2, ValueError), (1.5, TypeError),
+@pytest.mark.parametrize("n, exc", [(0, ValueError), (-2, ValueError), (1025, ValueError),
+                                    (2**31, ValueError), (2**64, ValueError), (1.5, TypeError),
                                     ("2", TypeError), (True, TypeError)])
 def test_bad_thread_count(n, exc):
-    with pytest.raises(exc, match="positive int or None"):
+    with pytest.raises(exc, match="positive int( up to 1024)? or None"):
         fastln.set_num_threads(n)

@@ -260,3 +260,20 @@ def test_half_fused_in_place(rng, simd_path, dtype, op):
         assert y is arrays[out_is] and s is arrays[sum_is]
         np.testing.assert_array_equal(y.view(np.uint16), y_want.view(np.uint16))
         np.testing.assert_array_equal(s.view(np.uint16), s_want.view(np.uint16))
+
+
+@pytest.mark.parametrize("dtype", [np.dtype(np.float32), np.dtype(np.float64)] + HALF, ids=str)
+def test_lists_take_the_dtype_of_x(rng, dtype):
+    """A residual, dy or dsum given as a list has no dtype of its own and becomes x's, as a
+    weight does; an array of another dtype is refused (see test_bad_input.py)."""
+    x, r, dy, dsum = (rng.standard_normal((3, 8)).astype(dtype) for _ in range(4))
+    y, s = fastln.add_layer_norm(x, r.tolist(), 8)
+    y_want, s_want = fastln.add_layer_norm(x, r, 8)
+    np.testing.assert_array_equal(y, y_want)
+    np.testing.assert_array_equal(s, s_want)
+    _, mean, rstd = fastln.layer_norm_forward(x, 8)
+    for got, want in zip(fastln.layer_norm_backward(dy.tolist(), x, mean, rstd),
+                         fastln.layer_norm_backward(dy, x, mean, rstd)):
+        np.testing.assert_array_equal(got, want)
+    got = fastln.add_rms_norm_backward(dy.tolist(), x, rstd, None, dsum.tolist())[0]
+    np.testing.assert_array_equal(got, fastln.add_rms_norm_backward(dy, x, rstd, None, dsum)[0])

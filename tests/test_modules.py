@@ -74,7 +74,20 @@ def test_training_loop_reduces_loss(rng):
     np.testing.assert_allclose(ln.weight, np.linspace(0.5, 2, 8), atol=1e-2)
 
 
-@pytest.mark.parametrize("kwargs, exc", [({"eps": -1.0}, ValueError), ({"dtype": np.int32}, TypeError)])
-def test_bad_arguments(kwargs, exc):
-    with pytest.raises(exc):
-        fastln.LayerNorm(4, **kwargs)
+@pytest.mark.parametrize("kwargs, exc, match", [
+    ({"eps": -1.0}, ValueError, "eps must be finite and >= 0"),
+    ({"dtype": np.int32}, TypeError, "dtype must be float32, float64, float16 or bfloat16"),
+    ({"dtype": ">f4"}, TypeError, "native byte order"),
+    ({"normalized_shape": 0}, ValueError, "zero elements"),
+    ({"normalized_shape": (4, 0)}, ValueError, "zero elements"),
+])
+@pytest.mark.parametrize("layer", [fastln.LayerNorm, fastln.RMSNorm])
+def test_bad_arguments(layer, kwargs, exc, match):
+    kwargs = {"normalized_shape": 4, **kwargs}
+    with pytest.raises(exc, match=match):
+        layer(**kwargs)
+
+
+@pytest.mark.parametrize("layer", [fastln.LayerNorm, fastln.RMSNorm])
+def test_dtype_none_means_float32(layer):
+    assert layer(4, dtype=None).weight.dtype == np.float32

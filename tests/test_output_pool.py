@@ -1,5 +1,9 @@
 """Large outputs are made in arrays fastln made before, but only once nobody holds them."""
 
+import inspect
+import sys
+import threading
+
 import numpy as np
 import pytest
 from _helpers import placed
@@ -128,3 +132,44 @@ def test_full_pool_makes_room_for_the_shape_in_use(pool):
     assert _ops._pooled_bytes() <= 2 * x.nbytes
     for h in held:                                                     # still the caller's
         assert h.shape == other and np.all(h == 0)
+
+
+def test_two_threads_never_take_the_same_array(pool):
+    """A call that has found a free array made for an input placed otherwise goes on to move
+    it into place (_cpu.moved_near), and holds no reference to it in between; another thread
+    that looks for an array in that moment must not find the same one free. Here the other
+    thread runs at exactly that point (the line that takes the array) and is given 0.5 s to
+    finish before the first goes on: the pool's lock keeps it waiting."""
+    shape = (1024, 1024)                                  # float32: 4 MiB, the least pooled
+    rng = np.random.default_rng(12)
+    xa, xb, xc = (placed(rng.standard_normal(shape, dtype=np.float32), offset, 4096)
+                  for offset in (16, 1040, 2064))
+    y1 = fastln.layer_norm(xa, shape[1])
+    y2 = fastln.layer_norm(xa, shape[1])                  # held, and looked at after y1's
+    del y1                                                # free, at xa's offset
+    lines, first = inspect.getsourcelines(_ops._pooled)
+    take = [first + i for i, line in enumerate(lines) if "moved_near(" in line]
+    assert len(take) == 1
+    results = {}
+    other = threading.Thread(target=lambda: results.update(c=fastln.layer_norm(xc, shape[1])))
+
+    def in_pooled(frame, event, arg):
+        if event == "line" and frame.f_lineno == take[0] and other.ident is None:
+            other.start()
+            other.join(0.5)
+        return in_pooled
+
+    sys.settrace(lambda frame, event, arg: in_pooled if frame.f_code is _ops._pooled.__code__
+                 else None)
+    try:
+        yb = fastln.layer_norm(xb, shape[1])
+    finally:
+        sys.settrace(None)
+    other.join()
+    assert other.ident is not None                        # the other thread did run there
+    yc = results["c"]
+    assert not np.shares_memory(yb, yc)
+    assert not np.shares_memory(yb, y2) and not np.shares_memory(yc, y2)
+    fastln.set_output_pool(0)
+    np.testing.assert_array_equal(yb, fastln.layer_norm(xb, shape[1]))
+    np.testing.assert_array_equal(yc, fastln.layer_norm(xc, shape[1]))

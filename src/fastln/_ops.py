@@ -9,6 +9,7 @@ import math
 import numbers
 import operator
 import sys
+import threading
 from functools import lru_cache
 
 import numpy as np
@@ -84,17 +85,21 @@ def _default_rms_eps(dtype):
 # checks shared by every op
 
 def _normalized_shape(normalized_shape):
-    """`normalized_shape` as a tuple of non-negative ints."""
-    if isinstance(normalized_shape, (bool, np.bool_)):
-        raise TypeError(f"normalized_shape must be an int or a tuple of ints, got {normalized_shape!r}")
+    """`normalized_shape` as a tuple of non-negative ints: an int, or a tuple, list or 1-d array
+    of them (no bools, and no sets, whose order is arbitrary)."""
+    bad = TypeError("normalized_shape must be an int or a tuple of ints, "
+                    f"got {normalized_shape!r}")
+    items = normalized_shape
+    if isinstance(items, np.ndarray) and items.ndim == 1:
+        items = items.tolist()
+    elif not isinstance(items, (tuple, list, np.ndarray)):
+        items = (items,)
+    if not isinstance(items, (tuple, list)) or any(isinstance(d, (bool, np.bool_)) for d in items):
+        raise bad
     try:
-        dims = (operator.index(normalized_shape),)
+        dims = tuple(operator.index(d) for d in items)
     except TypeError:
-        try:
-            dims = tuple(operator.index(d) for d in normalized_shape)
-        except TypeError:
-            raise TypeError("normalized_shape must be an int or a tuple of ints, "
-                            f"got {normalized_shape!r}") from None
+        raise bad from None
     if len(dims) == 0:
         raise ValueError("normalized_shape must name at least one dimension, got ()")
     if any(d < 0 for d in dims):
@@ -103,7 +108,9 @@ def _normalized_shape(normalized_shape):
 
 
 def _eps(eps):
-    if not isinstance(eps, numbers.Real):
+    if isinstance(eps, np.ndarray) and eps.ndim == 0 and eps.dtype.kind in "fiu":
+        eps = eps[()]                                    # a 0-d array, as NumPy's scalars
+    if not isinstance(eps, numbers.Real) or isinstance(eps, (bool, np.bool_)):
         raise TypeError(f"eps must be a real number, got {eps!r}")
     value = float(eps)
     if not math.isfinite(value) or value < 0:
@@ -141,6 +148,15 @@ def _cast_to(name, a, dtype, target):
     return arr.astype(dtype)
 
 
+def _same_kind(name, a, dtype, target):
+    """Array-like data `a` that must come as `dtype` (the residual; the gradients of 16-bit
+    data): an array is taken in its own dtype, for the caller to check; Python numbers and lists
+    become `dtype` (see _cast_to)."""
+    if isinstance(a, np.ndarray) or hasattr(a, "dtype"):
+        return _float_array(name, a)
+    return _cast_to(name, a, dtype, target)
+
+
 def _check_shape(x, normalized_shape):
     """Raise unless x ends in the (non-empty) `normalized_shape` dims."""
     if x.ndim == 0:
@@ -169,9 +185,11 @@ def _constant(n, dtype, value):
     return a
 
 
-def _param(name, a, normalized_shape, dtype, default):
+def _param(name, a, normalized_shape, dtype, default, origin=""):
     """weight or bias for data of `dtype`, as a contiguous array of `_stat_dtype(dtype)`; a (n,)
-    vector of `default` when None. 16-bit parameters go with data of their own dtype only."""
+    vector of `default` when None. 16-bit parameters go with data of their own dtype only.
+    `origin` says where normalized_shape came from, for the error on a weight of another
+    shape."""
     kernel_dtype = _stat_dtype(dtype)
     if a is None:
         return _constant(math.prod(normalized_shape), kernel_dtype, default)
@@ -187,7 +205,7 @@ def _param(name, a, normalized_shape, dtype, default):
     a = _cast_to(name, a, kernel_dtype, "x" if kernel_dtype == dtype else f"{dtype}'s "
                  "statistics type")
     if a.shape != normalized_shape:
-        raise ValueError(f"{name} must have shape normalized_shape={normalized_shape}, "
+        raise ValueError(f"{name} must have shape normalized_shape={normalized_shape}{origin}, "
                          f"got {a.shape}")
     return _kernel_ready(a)
 
@@ -223,6 +241,10 @@ _POOL_PER_SHAPE = 4
 _pool_max_bytes = 1 << 30
 # (shape, dtype) -> arrays that results were made in, the shape used longest ago first
 _pool = {}
+# Held while a call looks for a free array and takes it: between its check that no one holds
+# an array and the reference it then keeps, another thread could find the same array free, and
+# both results would be one buffer.
+_pool_lock = threading.Lock()
 
 
 # Outputs of this size and more are placed like an input (see _fresh). On smaller ones the
@@ -272,6 +294,12 @@ def _fresh(x, like=None, shift=0, period=_POOL_PERIOD):
         return _cpu.empty_near(x, like, period, shift)
     if nbytes * 2 > _pool_max_bytes:
         return _cpu.empty_near(x, like, _POOL_PERIOD, shift)
+    with _pool_lock:
+        return _pooled(x, like, shift, nbytes)
+
+
+def _pooled(x, like, shift, nbytes):
+    """_fresh's pooled output (see there); the caller holds _pool_lock."""
     key = (x.shape, x.dtype)
     # Moved to the end as the shape used last (pop and insert: another thread may drop it).
     spares = _pool.pop(key, [])
@@ -328,8 +356,9 @@ def set_output_pool(max_bytes):
         raise TypeError(f"max_bytes must be an int, got {max_bytes!r}")
     if max_bytes < 0:
         raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
-    _pool_max_bytes = int(max_bytes)
-    _pool.clear()
+    with _pool_lock:
+        _pool_max_bytes = int(max_bytes)
+        _pool.clear()
 
 
 def _output(out, x, w, b, name="out", same_ok=None, apart=None):
@@ -352,7 +381,8 @@ def _output(out, x, w, b, name="out", same_ok=None, apart=None):
     if out.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {out.shape}")
     if out.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {dtype}, got {out.dtype}")
+        order = " in native byte order" if out.dtype.newbyteorder("=") == dtype else ""
+        raise TypeError(f"{name} must have dtype {dtype}{order}, got {out.dtype}")
     if not out.flags.writeable:
         raise ValueError(f"{name} is read-only")
     same_ok = {"x": x} if same_ok is None else same_ok
@@ -382,7 +412,7 @@ def _checked_inputs(x, normalized_shape, weight, bias, eps, rms, residual=None):
     nshape = _normalized_shape(normalized_shape)
     _check_shape(x, nshape)
     if residual is not None:
-        residual = _float_array("residual", residual)
+        residual = _same_kind("residual", residual, x.dtype, "x")
         if residual.dtype != x.dtype:
             raise TypeError(f"residual must have the dtype of x ({x.dtype}), got "
                             f"{residual.dtype}")
@@ -499,7 +529,8 @@ def _backward(dy, x, mean, rstd, weight, dsum=None, rms=False, fused=False):
         for name, g in (("dy", dy), ("dsum", dsum)):
             if g is None and name == "dsum":
                 continue
-            g = _float_array(name, g) if _is_half(x.dtype) else _cast_to(name, g, x.dtype, xname)
+            g = (_same_kind(name, g, x.dtype, xname) if _is_half(x.dtype)
+                 else _cast_to(name, g, x.dtype, xname))
             if g.dtype != x.dtype:
                 raise TypeError(f"{name} must have the dtype of {xname} ({x.dtype}), got "
                                 f"{g.dtype}")
@@ -512,7 +543,9 @@ def _backward(dy, x, mean, rstd, weight, dsum=None, rms=False, fused=False):
                 ds = _kernel_ready(g)
         nshape = x.shape[lead.ndim:]
         _check_shape(x, nshape)
-        w = _param("weight", weight, nshape, x.dtype, 1)
+        w = _param("weight", weight, nshape, x.dtype, 1,
+                   f" ({xname}'s dims after the {lead.ndim} of {lead_name}, whose shape is "
+                   f"{lead.shape})")
         x, rstd = _kernel_ready(x), _kernel_ready(rstd)
         mean = None if rms else _kernel_ready(mean)
     ndim, lead = x.ndim, x.ndim - len(nshape)

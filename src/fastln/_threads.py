@@ -4,6 +4,10 @@ import operator
 
 from fastln import _cpu
 
+# The most threads a call may be asked to use. Large calls split their rows into thousands of
+# blocks and would start a thread for each block up to the count asked for.
+MAX_THREADS = 1024
+
 
 def set_num_threads(n):
     """Set the number of threads fastln's kernels use.
@@ -11,7 +15,7 @@ def set_num_threads(n):
     Parameters
     ----------
     n : int or None
-        A positive count, used by every later call until changed. ``None`` returns to the
+        A count from 1 to 1024, used by every later call until changed. ``None`` returns to the
         default: OpenMP's, which follows ``OMP_NUM_THREADS`` and threadpoolctl's limits.
         An explicit count takes precedence over both.
 
@@ -30,8 +34,8 @@ def set_num_threads(n):
             n = operator.index(n)
         except TypeError:
             raise TypeError(f"n must be a positive int or None, got {n!r}") from None
-        if n < 1:
-            raise ValueError(f"n must be a positive int or None, got {n}")
+        if not 1 <= n <= MAX_THREADS:
+            raise ValueError(f"n must be a positive int up to {MAX_THREADS} or None, got {n}")
     _cpu.set_num_threads(n)
 
 

@@ -1,11 +1,31 @@
 """Layers that hold their weights, for inference and for NumPy training loops."""
 
+import math
+
 import numpy as np
 
-from fastln._ops import (_eps, _float_array, _normalized_shape, layer_norm, layer_norm_backward,
-                         layer_norm_forward, rms_norm, rms_norm_backward, rms_norm_forward)
+from fastln._ops import (_SUPPORTED_NAMES, _eps, _kind, _normalized_shape, layer_norm,
+                         layer_norm_backward, layer_norm_forward, rms_norm, rms_norm_backward,
+                         rms_norm_forward)
 
 __all__ = ["LayerNorm", "RMSNorm"]
+
+
+def _layer_shape(normalized_shape):
+    """A layer's normalized_shape as a tuple of positive ints."""
+    dims = _normalized_shape(normalized_shape)
+    if math.prod(dims) == 0:
+        raise ValueError(f"normalized_shape must not hold a zero, got {dims}: a layer cannot "
+                         "normalize over zero elements")
+    return dims
+
+
+def _param_dtype(dtype):
+    """A layer's weight dtype: float32 when None, as in PyTorch; a dtype the kernels take."""
+    dtype = np.dtype(np.float32 if dtype is None else dtype)
+    if not dtype.isnative or _kind(dtype) is None:
+        raise TypeError(f"dtype must be {_SUPPORTED_NAMES} (native byte order), got {dtype}")
+    return dtype
 
 
 class LayerNorm:
@@ -25,8 +45,9 @@ class LayerNorm:
         Hold a weight (ones) and, if `bias`, a bias (zeros). When False both are None.
     bias : bool, optional
         Hold a bias; ignored when `elementwise_affine` is False.
-    dtype : float32 or float64, optional
-        dtype of weight and bias (float32 serves float16 and bfloat16 inputs too).
+    dtype : optional
+        dtype of weight and bias: float32 (the default, also when None; it serves float16 and
+        bfloat16 inputs too), float64, or float16 or bfloat16 for inputs of that dtype.
 
     Examples
     --------
@@ -41,9 +62,9 @@ class LayerNorm:
 
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True,
                  dtype=np.float32):
-        self.normalized_shape = _normalized_shape(normalized_shape)
+        self.normalized_shape = _layer_shape(normalized_shape)
         self.eps = _eps(eps)
-        dtype = _float_array("dtype", np.empty(0, dtype)).dtype
+        dtype = _param_dtype(dtype)
         self.weight = np.ones(self.normalized_shape, dtype) if elementwise_affine else None
         self.bias = (np.zeros(self.normalized_shape, dtype)
                      if elementwise_affine and bias else None)
@@ -102,7 +123,7 @@ class RMSNorm:
     elementwise_affine : bool, optional
         Hold a weight (ones); when False it is None.
     dtype : optional
-        dtype of the weight (float32 by default).
+        dtype of the weight, as for `LayerNorm` (float32 by default, also when None).
 
     Examples
     --------
@@ -113,9 +134,9 @@ class RMSNorm:
     """
 
     def __init__(self, normalized_shape, eps=None, elementwise_affine=True, dtype=np.float32):
-        self.normalized_shape = _normalized_shape(normalized_shape)
+        self.normalized_shape = _layer_shape(normalized_shape)
         self.eps = None if eps is None else _eps(eps)
-        dtype = _float_array("dtype", np.empty(0, dtype)).dtype
+        dtype = _param_dtype(dtype)
         self.weight = np.ones(self.normalized_shape, dtype) if elementwise_affine else None
         self.grad_weight = None
         self._saved = None
