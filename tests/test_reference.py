@@ -206,3 +206,17 @@ def test_backward_accepts_a_float32_rounded_mean():
     assert_allclose(dx32, dx, rtol=0, atol=1e-12 * np.abs(dx).max())
     assert_allclose(dw32, dw, rtol=0, atol=1e-12 * np.abs(dw).max())
     assert_allclose(db32, db, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-200, 1e-160, 1e160, 1e200, 1e300])
+def test_rms_norm_rows_whose_squares_leave_float64(scale):
+    """With eps 0, RMSNorm ignores the scale of a row; squares of rows near float64's limits
+    over- or underflow, and the reference scales them by their largest value first."""
+    x = np.array([[3.0, -4.0, 0.5, 1.25], [1.0, 1.0, -1.0, 2.0]])
+    want = reference.rms_norm(x, 4, eps=0.0)
+    assert_allclose(reference.rms_norm(x * scale, 4, eps=0.0), want, rtol=1e-15)
+    _, rstd = reference.rms_norm_forward(x * scale, 4, eps=0.0)
+    assert_allclose(rstd * scale, reference.rms_norm_forward(x, 4, eps=0.0)[1], rtol=1e-15)
+    if scale < 1:                                  # eps dwarfs the row: y = x / sqrt(eps)
+        assert_allclose(reference.rms_norm(x * scale, 4, eps=1e-5), x * scale / np.sqrt(1e-5),
+                        rtol=1e-15)

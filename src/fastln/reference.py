@@ -151,7 +151,21 @@ def rms_norm_forward(x, normalized_shape, weight=None, eps=None):
     eps = _rms_eps(x, eps)
     x = _precise(x)
     axes = _row_axes(x, _normalized_ndim(normalized_shape))
-    rstd = 1.0 / np.sqrt(np.mean(x * x, axis=axes, keepdims=True) + eps)
+    with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
+        square = np.mean(x * x, axis=axes, keepdims=True)
+        rstd = 1.0 / np.sqrt(square + eps)
+        # Rows whose squares over- or underflow (|x| beyond ~1e154, or below ~1e-154): mean(x^2)
+        # = scale^2 mean((x / scale)^2) with scale = max |x|, the mean then in [1/n, 1].
+        # Rows of zeros, and rows holding inf or NaN, keep the plain formula's result.
+        scale = np.max(np.abs(x), axis=axes, keepdims=True)
+        redo = ((scale > 0) & (scale < np.inf)
+                & ~((square >= np.finfo(x.dtype).tiny) & (square < np.inf)))
+        if np.any(redo):
+            safe = np.where(redo, scale, 1.0)
+            u = np.mean((x / safe) ** 2, axis=axes, keepdims=True)
+            big = 1.0 / (safe * np.sqrt(u + eps / safe / safe))
+            small = 1.0 / np.sqrt(safe * safe * u + eps) if eps else 1.0 / (safe * np.sqrt(u))
+            rstd = np.where(redo, np.where(safe >= 1, big, small), rstd)
     y = x * rstd
     if weight is not None:
         y = y * _precise(weight)
