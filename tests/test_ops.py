@@ -292,6 +292,28 @@ def test_default_weight_is_not_exposed():
     assert not _constant(4, np.dtype(np.float32), 1).flags.writeable
 
 
+@pytest.mark.parametrize("rows", [0, 2])
+def test_long_default_weights_are_not_kept(rows):
+    """Default weights and biases of up to 1 MiB are kept for later calls; longer ones, for
+    rows of over 262144 float32 values, are made for the call and let go after it."""
+    from fastln import _cpu
+    from fastln._ops import _constant
+    n = _cpu.KEEP_CONSTANT_BYTES // 4 + 16
+    x = np.random.default_rng(0).standard_normal((rows, n)).astype(np.float32)
+    kept = _constant.cache_info().currsize
+    y = fastln.layer_norm(x, n)                            # the plain path (C)
+    y2 = fastln.layer_norm(x, [n], eps=np.float64(1e-5))   # the general path (Python)
+    dx = fastln.layer_norm_backward(x, x, *fastln.layer_norm_forward(x, n)[1:])[0]
+    assert _constant.cache_info().currsize == kept
+    np.testing.assert_array_equal(y, y2)
+    assert y.shape == dx.shape == (rows, n)
+    small = 1000 + rows
+    fastln.layer_norm(x[:, :small], small)
+    hits = _constant.cache_info().hits
+    fastln.layer_norm(x[:, :small], small)
+    assert _constant.cache_info().hits == hits + 2          # weight and bias, kept
+
+
 def test_float32_extremes_do_not_overflow(rng):
     big = np.float32(3e38)
     x = np.array([[big, -big, big, -big], [1e-40, -1e-40, 2e-40, 0.0]], np.float32)

@@ -540,13 +540,20 @@ def plain(*arrays):
 # which it places outputs itself.
 cdef tuple _fast_dtypes = ()          # ((data dtype, statistics dtype, kind, RMSNorm eps), ...)
 cdef object _fast_constant = None     # (n, dtype, value) -> read-only vector of `value`
+# Default weights and biases of up to this many bytes are kept for later calls (_fast_constant,
+# an lru_cache), longer ones made afresh (its __wrapped__): a cache of rows of millions of values
+# would hold their memory for good.
+cdef Py_ssize_t _KEEP_CONSTANT_BYTES = 1 << 20
+KEEP_CONSTANT_BYTES = _KEEP_CONSTANT_BYTES
 cdef Py_ssize_t _fast_max_bytes = 0   # forward and backward make outputs of fewer bytes only
 
 
 def set_fast_path(tuple dtypes, constant, Py_ssize_t max_bytes):
     """Registers what the fast path takes: `dtypes`, tuples (data dtype, dtype of its weight,
     bias and statistics, its kind in KINDS, RMSNorm's default eps for it), matched by identity;
-    `constant(n, dtype, value)`, the weight or bias used when none is passed; and `max_bytes`:
+    `constant(n, dtype, value)`, the weight or bias used when none is passed (a
+    functools.lru_cache: vectors of more than KEEP_CONSTANT_BYTES come from the function it
+    wraps, and are not kept); and `max_bytes`:
     forward and backward make outputs under this size only."""
     global _fast_dtypes, _fast_constant, _fast_max_bytes
     _fast_dtypes, _fast_constant, _fast_max_bytes = dtypes, constant, max_bytes
@@ -590,6 +597,8 @@ cdef object _plain_param(object a, cnp.ndarray x, int lead, object dtype, int de
     if a is None:
         for i in range(lead, cnp.PyArray_NDIM(x)):
             n *= cnp.PyArray_DIM(x, i)
+        if n * (<cnp.dtype>dtype).itemsize > _KEEP_CONSTANT_BYTES:
+            return _fast_constant.__wrapped__(n, dtype, default)
         return _fast_constant(n, dtype, default)
     if _plain1(a) and _same_dtype(a, dtype) and _dims_are(a, x, lead, cnp.PyArray_NDIM(x)):
         return a

@@ -179,7 +179,8 @@ def _kernel_ready(a):
 
 @lru_cache(maxsize=64)
 def _constant(n, dtype, value):
-    """A read-only vector of `value`: the weight or bias used when none is given."""
+    """A read-only vector of `value`: the weight or bias used when none is given. Vectors of
+    more than _cpu.KEEP_CONSTANT_BYTES are made by _constant.__wrapped__, and not kept."""
     a = np.full(n, value, dtype=dtype)
     a.flags.writeable = False
     return a
@@ -192,7 +193,10 @@ def _param(name, a, normalized_shape, dtype, default, origin=""):
     shape."""
     kernel_dtype = _stat_dtype(dtype)
     if a is None:
-        return _constant(math.prod(normalized_shape), kernel_dtype, default)
+        n = math.prod(normalized_shape)
+        if n * kernel_dtype.itemsize > _cpu.KEEP_CONSTANT_BYTES:
+            return _constant.__wrapped__(n, kernel_dtype, default)
+        return _constant(n, kernel_dtype, default)
     pdtype = getattr(a, "dtype", None)
     if isinstance(pdtype, np.dtype) and _is_half(pdtype) and pdtype != dtype:
         raise TypeError(f"{name} has dtype {pdtype} but x is {dtype}; a {pdtype} {name} goes "
