@@ -200,19 +200,29 @@ def test_conversions_round_to_nearest_even(simd_path):
                               sub.view(np.float32), wide[:7]])
         f32 = f32.astype(np.float32)
         want = f32.astype(dtype)
-        got = _narrow_via_kernels(f32, dtype)
         nan = np.isnan(want.astype(np.float32))
-        np.testing.assert_array_equal(np.isnan(got.astype(np.float32)), nan)
-        np.testing.assert_array_equal(got.view(np.uint16)[~nan], want.view(np.uint16)[~nan])
+        # One long row, and rows of 1024 (read back from a scratch row, whose output sweep
+        # rounds two vectors at a time on the avx512bf16 path)
+        for width in (None, 1024):
+            got = _narrow_via_kernels(f32, dtype, width)
+            np.testing.assert_array_equal(np.isnan(got.astype(np.float32)), nan)
+            np.testing.assert_array_equal(got.view(np.uint16)[~nan], want.view(np.uint16)[~nan])
 
 
-def _narrow_via_kernels(f32, dtype):
+def _narrow_via_kernels(f32, dtype, width=None):
     """f32 rounded to dtype by the kernels: RMSNorm of a row of ones with eps 0 has rstd 1, so
-    y = weight, rounded once to dtype on output."""
-    out = np.empty(f32.size, dtype)
-    fastln._cpu.norm_forward(_ops._kind(np.dtype(dtype)), np.ones(f32.size, dtype), None,
-                             np.ascontiguousarray(f32), None, None, out, None, None, 0.0, True)
-    return out
+    y = weight, rounded once to dtype on output. In one row, or in rows of `width` values (the
+    last padded with ones), one call each."""
+    width = width or f32.size
+    padded = np.ones(-(-f32.size // width) * width, np.float32)
+    padded[:f32.size] = f32
+    out = np.empty(padded.size, dtype)
+    for start in range(0, padded.size, width):
+        fastln._cpu.norm_forward(_ops._kind(np.dtype(dtype)), np.ones((1, width), dtype), None,
+                                 padded[start:start + width], None, None,
+                                 out[start:start + width].reshape(1, width), None, None, 0.0,
+                                 True)
+    return out[:f32.size]
 
 
 def test_dtype_rules(rng):

@@ -210,4 +210,20 @@ static TARGET inline NAME(hbits) NAME(vpack_bf16)(NAME(fvec) v)
     return __builtin_convertvector(bits >> 16, NAME(hvec));
 #endif
 }
+
+#if FASTLN_X86_DISPATCH && REGISTER_BYTES == 64 && FASTLN_NATIVE_BF16
+/* a and c rounded to bfloat16 as vpack_bf16 rounds them, stored to p and p + 16 as one 512-bit
+ * store: vcvtne2ps2bf16 rounds both vectors in the time vcvtneps2bf16 takes for one (Zen 4:
+ * 1.53 against 1.48 cycles in a loop of their own). Vectors holding subnormals go one by one. */
+static TARGET inline void NAME(vstore2_bf16)(uint16_t *p, NAME(fvec) a, NAME(fvec) c)
+{
+    if (__builtin_expect((_mm512_fpclass_ps_mask((__m512)a, 0x20) |
+                          _mm512_fpclass_ps_mask((__m512)c, 0x20)) == 0, 1)) {
+        _mm512_storeu_si512((void *)p, (__m512i)_mm512_cvtne2ps_pbh((__m512)c, (__m512)a));
+        return;
+    }
+    NAME(hstore)(p, NAME(vpack_bf16)(a), 0);
+    NAME(hstore)(p + 16, NAME(vpack_bf16)(c), 0);
+}
+#endif
 #endif

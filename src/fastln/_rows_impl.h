@@ -111,6 +111,25 @@ static TARGET inline void NAME(stream_copy)(uint16_t *p, const uint16_t *src) { 
 #undef FASTLN_HCAT
 #endif
 #define D NAME(data)
+/* 1 where sts2 stores two vectors with one rounding instruction (bfloat16 on the avx512bf16
+ * path), else 0. */
+#if defined(FASTLN_HALF) && FASTLN_HALF == 2 && FASTLN_NATIVE_BF16 && FASTLN_X86_DISPATCH && \
+    FASTLN_VECTOR_EXT && REGISTER_BYTES == 64
+#define FASTLN_STS2 1
+#else
+#define FASTLN_STS2 0
+#endif
+
+/* Vectors v0 and v1 stored to p and p + W, with the bits sts gives each. */
+static TARGET FASTLN_ALWAYS_INLINE void NAME(sts2)(D *p, V v0, V v1)
+{
+#if FASTLN_STS2
+    FASTLN_CAT3(vstore2_bf16, FASTLN_PATH, half)(p, v0, v1);
+#else
+    NAME(sts)(p, v0);
+    NAME(sts)(p + W, v1);
+#endif
+}
 /* The longest 16-bit rows the forward reads back from a scratch row in T (see fwd_rows). */
 #define FASTLN_SCRATCH_MAX 1600
 /* 1 where the data is float16, else 0. */
@@ -878,9 +897,25 @@ static TARGET FASTLN_NOINLINE Py_ssize_t NAME(fwd_pair)(const NAME(outrow) o,
  * inlined into fwd_rows, GCC (12, with Python's -fwrapv) kept the scratch row's pointer, the
  * weight's and the bias's on the stack and stored a vector there at every vector, and bfloat16
  * rows gained nothing from the scratch. */
+static TARGET FASTLN_ALWAYS_INLINE V NAME(scratch_y)(const NAME(outrow) o, Py_ssize_t i,
+                                                    const int rms)
+{
+    const V wv = NAME(load)(o.w + i);
+    return NAME(norm_vec)(o, NAME(load)(o.sc + i), wv, rms ? wv : NAME(load)(o.b + i), rms);
+}
+
 static TARGET FASTLN_NOINLINE Py_ssize_t NAME(fwd_scratch_sweep)(const NAME(outrow) o,
                                                                  Py_ssize_t i, const int rms)
 {
+    /* Two vectors at a time where one instruction rounds both (sts2): Zen 4, one thread, C
+     * harness, cached bfloat16 64 x 1024: LayerNorm 0.95x the time, RMSNorm 0.88x; rows of
+     * 768 0.97x. */
+    if (FASTLN_STS2 && rms)
+        for (; i + 2 * W <= o.n; i += 2 * W)
+            NAME(sts2)(o.yr + i, NAME(scratch_y)(o, i, 1), NAME(scratch_y)(o, i + W, 1));
+    else if (FASTLN_STS2)
+        for (; i + 2 * W <= o.n; i += 2 * W)
+            NAME(sts2)(o.yr + i, NAME(scratch_y)(o, i, 0), NAME(scratch_y)(o, i + W, 0));
     if (rms)
         for (; i + W <= o.n; i += W)
             NAME(fwd_vec)(o, i, 0, 1, 0, 0, 0);
@@ -2026,6 +2061,7 @@ static TARGET void NAME(sum_blocks)(double *restrict parts, Py_ssize_t nblocks, 
 #undef D
 #undef FASTLN_SCRATCH_MAX
 #undef FASTLN_ALIGNED_SUMS
+#undef FASTLN_STS2
 #undef FASTLN_F16
 #undef V
 #undef W
