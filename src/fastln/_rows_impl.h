@@ -892,11 +892,7 @@ static TARGET FASTLN_NOINLINE Py_ssize_t NAME(fwd_pair)(const NAME(outrow) o,
     return NAME(fwd_pair_cols)(o, o2, i, w, b, 0);
 }
 
-/* The vector sweep of o's row from column i on, read from its scratch row (see fwd_rows), with
- * plain stores; returns the first column left. Out of line, with a copy for each kind of norm:
- * inlined into fwd_rows, GCC (12, with Python's -fwrapv) kept the scratch row's pointer, the
- * weight's and the bias's on the stack and stored a vector there at every vector, and bfloat16
- * rows gained nothing from the scratch. */
+/* y of the vector at column i of o's row, read from its scratch row (see fwd_rows). */
 static TARGET FASTLN_ALWAYS_INLINE V NAME(scratch_y)(const NAME(outrow) o, Py_ssize_t i,
                                                     const int rms)
 {
@@ -904,12 +900,17 @@ static TARGET FASTLN_ALWAYS_INLINE V NAME(scratch_y)(const NAME(outrow) o, Py_ss
     return NAME(norm_vec)(o, NAME(load)(o.sc + i), wv, rms ? wv : NAME(load)(o.b + i), rms);
 }
 
+/* The vector sweep of o's row from column i on, read from its scratch row (see fwd_rows), with
+ * plain stores; returns the first column left. Out of line, with a copy for each kind of norm:
+ * inlined into fwd_rows, GCC (12, with Python's -fwrapv) kept the scratch row's pointer, the
+ * weight's and the bias's on the stack and stored a vector there at every vector, and bfloat16
+ * rows gained nothing from the scratch. */
 static TARGET FASTLN_NOINLINE Py_ssize_t NAME(fwd_scratch_sweep)(const NAME(outrow) o,
                                                                  Py_ssize_t i, const int rms)
 {
     /* Two vectors at a time where one instruction rounds both (sts2): Zen 4, one thread, C
-     * harness, cached bfloat16 64 x 1024: LayerNorm 0.95x the time, RMSNorm 0.88x; rows of
-     * 768 0.97x. */
+     * harness, cached bfloat16 64 x 1024: LayerNorm 0.95-0.97x the time, RMSNorm 0.85-0.88x;
+     * rows of 768 0.97x. */
     if (FASTLN_STS2 && rms)
         for (; i + 2 * W <= o.n; i += 2 * W)
             NAME(sts2)(o.yr + i, NAME(scratch_y)(o, i, 1), NAME(scratch_y)(o, i + W, 1));
