@@ -87,19 +87,19 @@ def _default_rms_eps(dtype):
 def _normalized_shape(normalized_shape):
     """`normalized_shape` as a tuple of non-negative ints: an int, or a tuple, list or 1-d array
     of them (no bools, and no sets, whose order is arbitrary)."""
-    bad = TypeError("normalized_shape must be an int or a tuple of ints, "
-                    f"got {normalized_shape!r}")
     items = normalized_shape
     if isinstance(items, np.ndarray) and items.ndim == 1:
         items = items.tolist()
     elif not isinstance(items, (tuple, list, np.ndarray)):
         items = (items,)
-    if not isinstance(items, (tuple, list)) or any(isinstance(d, (bool, np.bool_)) for d in items):
-        raise bad
     try:
+        if not isinstance(items, (tuple, list)) or any(isinstance(d, (bool, np.bool_))
+                                                       for d in items):
+            raise TypeError
         dims = tuple(operator.index(d) for d in items)
     except TypeError:
-        raise bad from None
+        raise TypeError("normalized_shape must be an int or a tuple of ints, "
+                        f"got {normalized_shape!r}") from None
     if len(dims) == 0:
         raise ValueError("normalized_shape must name at least one dimension, got ()")
     if any(d < 0 for d in dims):
