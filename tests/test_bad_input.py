@@ -90,6 +90,16 @@ def test_param_wrong_dtype(name):
         fastln.layer_norm(X, 8, **{name: [1j] * 8})
 
 
+def test_param_of_python_ints_beyond_int64():
+    """NumPy makes an object array of [2**64] * 8; it is taken as the numbers it holds."""
+    want = fastln.layer_norm(X, 8, np.full(8, 2.0 ** 64, np.float32))
+    np.testing.assert_array_equal(fastln.layer_norm(X, 8, [2 ** 64] * 8), want)
+    with pytest.raises(TypeError, match=r"weight must hold real numbers, got dtype object"):
+        fastln.layer_norm(X, 8, [2 ** 64] * 7 + ["1"])
+    with pytest.raises(OverflowError):
+        fastln.layer_norm(X, 8, [2 ** 1100] * 8)
+
+
 @pytest.mark.parametrize("eps", [-1e-5, np.inf, -np.inf, np.nan])
 def test_bad_eps_value(eps):
     with pytest.raises(ValueError, match=r"eps must be finite and >= 0"):

@@ -314,6 +314,21 @@ def test_long_default_weights_are_not_kept(rows):
     assert _constant.cache_info().hits == hits + 2          # weight and bias, kept
 
 
+@pytest.mark.parametrize("general", [False, True])
+def test_rows_of_a_trillion_values_without_rows_ask_for_no_weight(general):
+    """A (0, 10**12) input has no rows to normalize; the default weight and bias its kernels
+    would never read (4 TB each) are not made. The general path is taken with eps a NumPy
+    scalar."""
+    n = 10 ** 12
+    x = np.empty((0, n), np.float32)
+    eps = np.float32(1e-5) if general else 1e-5
+    y, mean, rstd = fastln.layer_norm_forward(x, n, eps=eps)
+    assert y.shape == x.shape and mean.shape == rstd.shape == (0,)
+    assert fastln.rms_norm(x, (n,), eps=eps).shape == x.shape
+    y, s = fastln.add_layer_norm(x, x, n, eps=eps)
+    assert y.shape == s.shape == x.shape
+
+
 def test_float32_extremes_do_not_overflow(rng):
     big = np.float32(3e38)
     x = np.array([[big, -big, big, -big], [1e-40, -1e-40, 2e-40, 0.0]], np.float32)

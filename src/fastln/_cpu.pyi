@@ -23,6 +23,10 @@ def build_info() -> _BuildInfo: ...
 KINDS: dict[str, int]
 KEEP_CONSTANT_BYTES: int
 
+def default_param(
+    n: int, dtype: np.dtype[np.floating], value: int, no_rows: bool
+) -> npt.NDArray[np.floating]: ...
+
 def norm_forward(
     kind: int,
     x: npt.NDArray[np.generic],

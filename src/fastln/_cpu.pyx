@@ -589,6 +589,20 @@ cdef inline bint _same_dtype(object a, object dtype) noexcept:
     return <object>cnp.PyArray_DESCR(<cnp.ndarray>a) is dtype
 
 
+cpdef object default_param(Py_ssize_t n, object dtype, int value, bint no_rows):
+    """The weight (value 1) or bias (0) used when none is passed: a read-only vector of n
+    `value`s of `dtype`. Vectors of up to KEEP_CONSTANT_BYTES are kept for later calls (the
+    registered lru_cache), longer ones made for the call; for data with no rows (no_rows), whose
+    kernels read no weight, a longer one is a read-only view of one value, so that a (0, 10**12)
+    input asks for no memory it does not use."""
+    if n * (<cnp.dtype>dtype).itemsize <= _KEEP_CONSTANT_BYTES:
+        return _fast_constant(n, dtype, value)
+    if no_rows:
+        import numpy
+        return numpy.broadcast_to(numpy.array(value, dtype), (n,))
+    return _fast_constant.__wrapped__(n, dtype, value)
+
+
 cdef object _plain_param(object a, cnp.ndarray x, int lead, object dtype, int default):
     """weight or bias for rows x.shape[lead:], as the general path makes it if that converts
     nothing; else None."""
@@ -597,9 +611,7 @@ cdef object _plain_param(object a, cnp.ndarray x, int lead, object dtype, int de
     if a is None:
         for i in range(lead, cnp.PyArray_NDIM(x)):
             n *= cnp.PyArray_DIM(x, i)
-        if n * (<cnp.dtype>dtype).itemsize > _KEEP_CONSTANT_BYTES:
-            return _fast_constant.__wrapped__(n, dtype, default)
-        return _fast_constant(n, dtype, default)
+        return default_param(n, dtype, default, cnp.PyArray_SIZE(x) == 0)
     if _plain1(a) and _same_dtype(a, dtype) and _dims_are(a, x, lead, cnp.PyArray_NDIM(x)):
         return a
     return None

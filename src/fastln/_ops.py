@@ -143,8 +143,10 @@ def _cast_to(name, a, dtype, target):
         return a
     # Python numbers and lists carry no precision of their own (like NumPy's scalars in NEP 50).
     arr = np.asarray(a)
-    if arr.dtype.kind not in "fiub":
+    if arr.dtype.kind not in "fiub" and not (
+            arr.dtype == object and all(isinstance(v, numbers.Real) for v in arr.flat)):
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    # Python ints beyond int64 come as an object array, which astype converts one by one.
     return arr.astype(dtype)
 
 
@@ -179,24 +181,21 @@ def _kernel_ready(a):
 
 @lru_cache(maxsize=64)
 def _constant(n, dtype, value):
-    """A read-only vector of `value`: the weight or bias used when none is given. Vectors of
-    more than _cpu.KEEP_CONSTANT_BYTES are made by _constant.__wrapped__, and not kept."""
+    """A read-only vector of `value`: the weight or bias used when none is given (see
+    _cpu.default_param, which keeps only the short ones here)."""
     a = np.full(n, value, dtype=dtype)
     a.flags.writeable = False
     return a
 
 
-def _param(name, a, normalized_shape, dtype, default, origin=""):
-    """weight or bias for data of `dtype`, as a contiguous array of `_stat_dtype(dtype)`; a (n,)
-    vector of `default` when None. 16-bit parameters go with data of their own dtype only.
-    `origin` says where normalized_shape came from, for the error on a weight of another
-    shape."""
+def _param(name, a, normalized_shape, dtype, default, no_rows, origin=""):
+    """weight or bias for data of `dtype`, as a contiguous array of `_stat_dtype(dtype)`; when
+    None, _cpu.default_param's (n,) vector of `default` (no_rows: the data has no rows). 16-bit
+    parameters go with data of their own dtype only. `origin` says where normalized_shape came
+    from, for the error on a weight of another shape."""
     kernel_dtype = _stat_dtype(dtype)
     if a is None:
-        n = math.prod(normalized_shape)
-        if n * kernel_dtype.itemsize > _cpu.KEEP_CONSTANT_BYTES:
-            return _constant.__wrapped__(n, kernel_dtype, default)
-        return _constant(n, kernel_dtype, default)
+        return _cpu.default_param(math.prod(normalized_shape), kernel_dtype, default, no_rows)
     pdtype = getattr(a, "dtype", None)
     if isinstance(pdtype, np.dtype) and _is_half(pdtype) and pdtype != dtype:
         raise TypeError(f"{name} has dtype {pdtype} but x is {dtype}; a {pdtype} {name} goes "
@@ -425,8 +424,8 @@ def _checked_inputs(x, normalized_shape, weight, bias, eps, rms, residual=None):
                              f"{residual.shape}")
         residual = _kernel_ready(residual)
     eps = _default_rms_eps(x.dtype) if rms and eps is None else _eps(eps)
-    w = _param("weight", weight, nshape, x.dtype, 1)
-    b = None if rms else _param("bias", bias, nshape, x.dtype, 0)
+    w = _param("weight", weight, nshape, x.dtype, 1, x.size == 0)
+    b = None if rms else _param("bias", bias, nshape, x.dtype, 0, x.size == 0)
     return _kernel_ready(x), nshape, w, b, eps, residual
 
 
@@ -547,7 +546,7 @@ def _backward(dy, x, mean, rstd, weight, dsum=None, rms=False, fused=False):
                 ds = _kernel_ready(g)
         nshape = x.shape[lead.ndim:]
         _check_shape(x, nshape)
-        w = _param("weight", weight, nshape, x.dtype, 1,
+        w = _param("weight", weight, nshape, x.dtype, 1, x.size == 0,
                    f" ({xname}'s dims after the {lead.ndim} of {lead_name}, whose shape is "
                    f"{lead.shape})")
         x, rstd = _kernel_ready(x), _kernel_ready(rstd)
