@@ -201,12 +201,16 @@ def test_conversions_round_to_nearest_even(simd_path):
         f32 = f32.astype(np.float32)
         want = f32.astype(dtype)
         nan = np.isnan(want.astype(np.float32))
-        # One long row, and rows of 1024 (read back from a scratch row, whose output sweep
-        # rounds two vectors at a time on the avx512bf16 path)
+        # One long row, and rows of 1024 (read back from a scratch row); the output sweeps of
+        # both round two vectors at a time on the avx512bf16 path
         for width in (None, 1024):
             got = _narrow_via_kernels(f32, dtype, width)
             np.testing.assert_array_equal(np.isnan(got.astype(np.float32)), nan)
             np.testing.assert_array_equal(got.view(np.uint16)[~nan], want.view(np.uint16)[~nan])
+        # The backward's dx, whose rows of 1024 are rounded likewise
+        finite = np.isfinite(f32)
+        got = _narrow_via_backward(f32[finite], dtype)
+        np.testing.assert_array_equal(got.view(np.uint16), want[finite].view(np.uint16))
 
 
 def _narrow_via_kernels(f32, dtype, width=None):
@@ -223,6 +227,24 @@ def _narrow_via_kernels(f32, dtype, width=None):
                                  out[start:start + width].reshape(1, width), None, None, 0.0,
                                  True)
     return out[:f32.size]
+
+
+def _narrow_via_backward(f32, dtype, n=1024):
+    """Finite f32 rounded to dtype by the backward: RMSNorm's dx, rstd * (g - xhat * c) with
+    g = dy * w, is w wherever x is 0 and dy and rstd are 1, rounded once to dtype. Each call's
+    row holds n / 2 values of f32 in its first half (the last padded with ones), and x = 1
+    (and w = 1) in the second."""
+    half = n // 2
+    values = np.ones(-(-f32.size // half) * half, np.float32)
+    values[:f32.size] = f32
+    x = np.ones((1, n), dtype)
+    x[0, :half] = 0
+    got = []
+    for start in range(0, values.size, half):
+        w = np.concatenate([values[start:start + half], np.ones(n - half, np.float32)])
+        dx, _ = fastln.rms_norm_backward(np.ones((1, n), dtype), x, np.ones(1, np.float32), w)
+        got.append(dx[0, :half])
+    return np.concatenate(got)[:f32.size]
 
 
 def test_dtype_rules(rng):

@@ -563,13 +563,44 @@ static TARGET FASTLN_ALWAYS_INLINE void NAME(fwd_vec)(const NAME(outrow) o, Py_s
     NAME(fwd_vec_wb)(o, i, wv, bv, fused, rms, stream, stream_sum, only);
 }
 
+/* y of the vector at column i of o's row, where the row has no fused sum to store (16-bit
+ * data): read from its scratch row with `scratch` (see fwd_rows), else as fwd_vec_wb reads
+ * it. */
+static TARGET FASTLN_ALWAYS_INLINE V NAME(row_y)(const NAME(outrow) o, Py_ssize_t i,
+                                                const int rms, const int scratch)
+{
+    const V wv = NAME(load)(o.w + i);
+    const V si = scratch || o.sc != NULL ? NAME(load)(o.sc + i) : NAME(vat)(o.xr, o.rr, 0, i);
+    return NAME(norm_vec)(o, si, wv, rms ? wv : NAME(load)(o.b + i), rms);
+}
+
+/* The vectors of o's row from column i on, up to column `end`, with plain stores (`scratch` as
+ * for row_y); returns the first column left. Two at a time where one instruction rounds both
+ * (sts2, bfloat16 data, which has no fused sum): Zen 4, one thread, C harness, cached bfloat16
+ * 64 x 1024 (from the scratch row): LayerNorm 0.95-0.97x the time, RMSNorm 0.85-0.88x, rows of
+ * 768 0.97x; from the row, 64 x 2048 0.9x and 0.86x, 64 x 256 0.92x, 256 x 4096 RMSNorm 0.97x;
+ * 8 x 4096, 1024 x 8192 and 16384 x 1024 from memory (in pieces) 0.99-1.01x. */
+static TARGET FASTLN_ALWAYS_INLINE Py_ssize_t NAME(fwd_plain)(const NAME(outrow) o,
+                                                              Py_ssize_t i, Py_ssize_t end,
+                                                              const int fused, const int rms,
+                                                              const int scratch)
+{
+    if (FASTLN_STS2 && !fused)
+        for (; i + 2 * W <= end; i += 2 * W)
+            NAME(sts2)(o.yr + i, NAME(row_y)(o, i, rms, scratch),
+                       NAME(row_y)(o, i + W, rms, scratch));
+    for (; i + W <= end; i += W)
+        NAME(fwd_vec)(o, i, fused, rms, 0, 0, 0);
+    return i;
+}
+
 /* Vectors k0 to k1 of o's vector sweep, those that the row holds, with plain stores. */
 static TARGET FASTLN_ALWAYS_INLINE void NAME(fwd_span)(const NAME(outrow) o, Py_ssize_t k0,
                                                        Py_ssize_t k1, const int fused,
                                                        const int rms)
 {
-    for (Py_ssize_t i = o.head + k0 * W; i < o.head + k1 * W && i + W <= o.n; i += W)
-        NAME(fwd_vec)(o, i, fused, rms, 0, 0, 0);
+    const Py_ssize_t end = o.head + k1 * W;
+    NAME(fwd_plain)(o, o.head + k0 * W, end < o.n ? end : o.n, fused, rms, 0);
 }
 
 /* The moments of the vector part of one row s (x, or x + r; its first nvec * W elements) about
@@ -892,14 +923,6 @@ static TARGET FASTLN_NOINLINE Py_ssize_t NAME(fwd_pair)(const NAME(outrow) o,
     return NAME(fwd_pair_cols)(o, o2, i, w, b, 0);
 }
 
-/* y of the vector at column i of o's row, read from its scratch row (see fwd_rows). */
-static TARGET FASTLN_ALWAYS_INLINE V NAME(scratch_y)(const NAME(outrow) o, Py_ssize_t i,
-                                                    const int rms)
-{
-    const V wv = NAME(load)(o.w + i);
-    return NAME(norm_vec)(o, NAME(load)(o.sc + i), wv, rms ? wv : NAME(load)(o.b + i), rms);
-}
-
 /* The vector sweep of o's row from column i on, read from its scratch row (see fwd_rows), with
  * plain stores; returns the first column left. Out of line, with a copy for each kind of norm:
  * inlined into fwd_rows, GCC (12, with Python's -fwrapv) kept the scratch row's pointer, the
@@ -908,22 +931,9 @@ static TARGET FASTLN_ALWAYS_INLINE V NAME(scratch_y)(const NAME(outrow) o, Py_ss
 static TARGET FASTLN_NOINLINE Py_ssize_t NAME(fwd_scratch_sweep)(const NAME(outrow) o,
                                                                  Py_ssize_t i, const int rms)
 {
-    /* Two vectors at a time where one instruction rounds both (sts2): Zen 4, one thread, C
-     * harness, cached bfloat16 64 x 1024: LayerNorm 0.95-0.97x the time, RMSNorm 0.85-0.88x;
-     * rows of 768 0.97x. */
-    if (FASTLN_STS2 && rms)
-        for (; i + 2 * W <= o.n; i += 2 * W)
-            NAME(sts2)(o.yr + i, NAME(scratch_y)(o, i, 1), NAME(scratch_y)(o, i + W, 1));
-    else if (FASTLN_STS2)
-        for (; i + 2 * W <= o.n; i += 2 * W)
-            NAME(sts2)(o.yr + i, NAME(scratch_y)(o, i, 0), NAME(scratch_y)(o, i + W, 0));
     if (rms)
-        for (; i + W <= o.n; i += W)
-            NAME(fwd_vec)(o, i, 0, 1, 0, 0, 0);
-    else
-        for (; i + W <= o.n; i += W)
-            NAME(fwd_vec)(o, i, 0, 0, 0, 0, 0);
-    return i;
+        return NAME(fwd_plain)(o, i, o.n, 0, 1, 1);
+    return NAME(fwd_plain)(o, i, o.n, 0, 0, 1);
 }
 
 /* Normalizes `rows` rows of s, where s is x or (has_r) x + r, which is then also written to
@@ -1077,6 +1087,8 @@ NAME(fwd_rows)(const D *x, const D *r, const T *restrict w, const T *restrict b,
             NAME(fwd_vec)(o, k, fused, rms, stream, stream_sum, first);
         if (scratch && !pieces)                     /* (never split, streamed or fetched) */
             i = NAME(fwd_scratch_sweep)(o, i, rms);
+        else if (!stream && prefetch != 1)
+            i = NAME(fwd_plain)(o, i, n, fused, rms, 0);
         for (; i + W <= n; i += W) {
             if (prefetch == 1 && row + dist < rows && (i - o.head) / W % 2 == 0) {
                 __builtin_prefetch(o.xr + dist * n + n / 2 + i / 2);
@@ -1576,7 +1588,9 @@ NAME(bwd_vec)(const D *restrict dy, const D *restrict x, const T *restrict w,
  * line: all rows' vectors of a line are computed, then stored row by row. Stored a vector of
  * each row in turn, which fills the rows' write-combining buffers side by side, float32 and
  * float64 rows of 1024 took 1.1-1.4x the time from memory (Zen 3, one thread, with the next
- * group fetched ahead). */
+ * group fetched ahead). Cached bfloat16 dx goes the same way where sts2 rounds a line's two
+ * vectors with one instruction: Zen 4, one thread, C harness, LayerNorm 64 x 1024 0.99x the
+ * time, RMSNorm 0.95x, 8 x 4096 0.98x, rows of 768 1.0-1.02x (the same bits). */
 static TARGET FASTLN_ALWAYS_INLINE void
 NAME(bwd_cols)(const D *restrict dy, const D *restrict x, const T *restrict w,
                const D *restrict ds, D *restrict dx, T *restrict stw, T *restrict stb,
@@ -1601,15 +1615,20 @@ NAME(bwd_cols)(const D *restrict dy, const D *restrict x, const T *restrict w,
         /* Stored after the group's loads: with rows a multiple of 4 KiB apart, a store to row r
          * followed by a load from row r + 1 would look like the same address to the CPU's
          * store-to-load check (which compares the low 12 bits) and stall. */
-        if (stream && LINE > 1 && (uintptr_t)(dx + j) % 64 == 0 && j + LINE * W <= to) {
+        if ((stream ? (uintptr_t)(dx + j) % 64 == 0 : FASTLN_STS2) && LINE > 1 &&
+            j + LINE * W <= to) {
             V d[LINE][GROUP_ROWS];
             for (int k = 0; k < LINE; k++)
                 FASTLN_VEC(j + k * W, d[k]);
             for (int r = 0; r < nr; r++) {
                 if (exact != NULL && exact[r])
                     continue;
-                for (int k = 0; k < LINE; k++)
-                    NAME(streams)(dx + r * n + j + k * W, d[k][r]);
+                if (!stream)
+                    for (int k = 0; k + 1 < LINE; k += 2)
+                        NAME(sts2)(dx + r * n + j + k * W, d[k][r], d[k + 1][r]);
+                else
+                    for (int k = 0; k < LINE; k++)
+                        NAME(streams)(dx + r * n + j + k * W, d[k][r]);
             }
             j += LINE * W;
         } else {
