@@ -860,7 +860,8 @@ NAME(fwd_stats)(const D *x, const D *r, D *sum, T *restrict mean, T *restrict rs
         Py_ssize_t i = 0;
         /* Two vectors per rounding instruction where sts2 has one: Zen 4, one thread, C
          * harness, bfloat16 add + LayerNorm and add + RMSNorm, cached 64 x 1024 and 64 x 768,
-         * 0.92x the time; 8192 x 768 from memory 0.97-1.02x (the same bits). */
+         * 0.92x the time; 8192 x 768 from memory, fetched ahead (FASTLN_FETCH, as Python
+         * asks for it), 0.94x (the same bits). */
         if (FASTLN_STS2)
             for (; i + 2 * W <= n; i += 2 * W)
                 NAME(sts2)(sr + i, NAME(lds)(xr + i) + NAME(lds)(rr + i),
