@@ -578,8 +578,8 @@ static TARGET FASTLN_ALWAYS_INLINE V NAME(row_y)(const NAME(outrow) o, Py_ssize_
  * for row_y); returns the first column left. Two at a time where one instruction rounds both
  * (sts2, bfloat16 data, which has no fused sum): Zen 4, one thread, C harness, cached bfloat16
  * 64 x 1024 (from the scratch row): LayerNorm 0.95-0.97x the time, RMSNorm 0.85-0.88x, rows of
- * 768 0.97x; from the row, 64 x 2048 0.9x and 0.86x, 64 x 256 0.92x, 256 x 4096 RMSNorm 0.97x;
- * 8 x 4096, 1024 x 8192 and 16384 x 1024 from memory (in pieces) 0.99-1.01x. */
+ * 768 0.97x; from the row, 64 x 2048 0.9x and 0.86x, 64 x 256 0.92x, 256 x 4096 RMSNorm 0.97x,
+ * 8 x 4096 1.0x; from memory, 1024 x 8192 and 16384 x 1024 (written in pieces) 0.99-1.01x. */
 static TARGET FASTLN_ALWAYS_INLINE Py_ssize_t NAME(fwd_plain)(const NAME(outrow) o,
                                                               Py_ssize_t i, Py_ssize_t end,
                                                               const int fused, const int rms,
