@@ -131,9 +131,15 @@ def _float_array(name, a):
                        f"; convert it with {name}.astype(numpy.float32)"))
 
 
+def _has_dtype(a):
+    """`a` carries a dtype of its own (an array, a NumPy scalar), unlike Python numbers and
+    lists."""
+    return isinstance(a, np.ndarray) or hasattr(a, "dtype")
+
+
 def _cast_to(name, a, dtype, target):
     """Array-like `a` as `dtype`, cast only when no precision is lost (`target` names why)."""
-    if isinstance(a, np.ndarray) or hasattr(a, "dtype"):
+    if _has_dtype(a):
         a = _float_array(name, a)
         if a.dtype != dtype:
             if not np.can_cast(a.dtype, dtype, "safe"):
@@ -154,7 +160,7 @@ def _same_kind(name, a, dtype, target):
     """Array-like data `a` that must come as `dtype` (the residual; the gradients of 16-bit
     data): an array is taken in its own dtype, for the caller to check; Python numbers and lists
     become `dtype` (see _cast_to)."""
-    if isinstance(a, np.ndarray) or hasattr(a, "dtype"):
+    if _has_dtype(a):
         return _float_array(name, a)
     return _cast_to(name, a, dtype, target)
 
