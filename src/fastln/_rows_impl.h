@@ -532,14 +532,23 @@ static TARGET FASTLN_ALWAYS_INLINE V NAME(norm_vec)(const NAME(outrow) o, const 
     return NAME(fma)((si - o.pv) - o.muv, scaled, bv);
 }
 
+/* The vector of s at column i of o's row, for its output: from the row's scratch row where it
+ * has one (16-bit data; `scratch` says that it has), else from x (and r). */
+static TARGET FASTLN_ALWAYS_INLINE V NAME(out_s)(const NAME(outrow) o, Py_ssize_t i,
+                                                const int fused, const int scratch)
+{
+    return sizeof(D) != sizeof(T) && (scratch || o.sc != NULL)
+               ? NAME(load)(o.sc + i)
+               : NAME(vat)(o.xr, o.rr, fused, i);
+}
+
 static TARGET FASTLN_ALWAYS_INLINE void NAME(fwd_vec_wb)(const NAME(outrow) o, Py_ssize_t i,
                                                          const V wv, const V bv,
                                                          const int fused, const int rms,
                                                          const int stream,
                                                          const int stream_sum, const int only)
 {
-    const V si = sizeof(D) != sizeof(T) && o.sc != NULL ? NAME(load)(o.sc + i)
-                                                        : NAME(vat)(o.xr, o.rr, fused, i);
+    const V si = NAME(out_s)(o, i, fused, 0);
     if (only != FASTLN_FWD_SUM) {
         const V out = NAME(norm_vec)(o, si, wv, bv, rms);
         if (stream)
@@ -564,18 +573,17 @@ static TARGET FASTLN_ALWAYS_INLINE void NAME(fwd_vec)(const NAME(outrow) o, Py_s
 }
 
 /* y of the vector at column i of o's row, where the row has no fused sum to store (16-bit
- * data): read from its scratch row with `scratch` (see fwd_rows), else as fwd_vec_wb reads
- * it. */
+ * data), s read as out_s reads it. */
 static TARGET FASTLN_ALWAYS_INLINE V NAME(row_y)(const NAME(outrow) o, Py_ssize_t i,
                                                 const int rms, const int scratch)
 {
     const V wv = NAME(load)(o.w + i);
-    const V si = scratch || o.sc != NULL ? NAME(load)(o.sc + i) : NAME(vat)(o.xr, o.rr, 0, i);
-    return NAME(norm_vec)(o, si, wv, rms ? wv : NAME(load)(o.b + i), rms);
+    return NAME(norm_vec)(o, NAME(out_s)(o, i, 0, scratch), wv,
+                          rms ? wv : NAME(load)(o.b + i), rms);
 }
 
 /* The vectors of o's row from column i on, up to column `end`, with plain stores (`scratch` as
- * for row_y); returns the first column left. Two at a time where one instruction rounds both
+ * for out_s); returns the first column left. Two at a time where one instruction rounds both
  * (sts2, bfloat16 data, which has no fused sum): Zen 4, one thread, C harness, cached bfloat16
  * 64 x 1024 (from the scratch row): LayerNorm 0.95-0.97x the time, RMSNorm 0.85-0.88x, rows of
  * 768 0.97x; from the row, 64 x 2048 0.9x and 0.86x, 64 x 256 0.92x, 256 x 4096 RMSNorm 0.97x,
