@@ -339,11 +339,60 @@ def test_float32_extremes_do_not_overflow(rng):
         assert_close(y, want, np.float32)
 
 
-def test_float64_overflowing_spread_gives_nan_not_a_number_that_looks_right():
-    x = np.array([[1e200, -1e200, 0.0, 1.0], [1.0, 2.0, 3.0, 4.0]])
+@pytest.mark.parametrize("scale, eps", [(2.0 ** 600, 1e-5), (2.0 ** 1000, 1e-5), (2.0 ** -600, 0.0),
+                                        (2.0 ** -1000, 0.0), (2.0 ** -540, 1e-300)])
+def test_float64_rows_whose_squares_leave_its_range(rng, simd_path, scale, eps):
+    # Squared deviations of 1e180 or 1e-180 over- or underflow float64 (to inf, NaN, 0 or a
+    # subnormal with few digits left); such rows are measured again, scaled, and the backward
+    # keeps rstd^2 out of its products, so they agree with the reference as other rows do.
+    n = 100
+    x = (rng.standard_normal((3, n)) + 0.5) * scale
+    dy, w, b = rng.standard_normal((3, n)), rng.standard_normal(n), rng.standard_normal(n)
+    y, mean, rstd = fastln.layer_norm_forward(x, n, w, b, eps=eps)
+    y_ref, mean_ref, rstd_ref = reference.layer_norm_forward(precise(x), n, w, b, eps=eps)
+    for got, want in zip((y, mean, rstd), (y_ref, mean_ref, rstd_ref)):
+        assert_close(got, want, np.float64)
+    got = fastln.layer_norm_backward(dy, x, mean, rstd, w)
+    want = reference.layer_norm_backward(precise(dy), precise(x), mean_ref, rstd_ref, w)
+    for g, r in zip(got, want):
+        assert_close(g, r, np.float64)
+    y, rstd = fastln.rms_norm_forward(x, n, w, eps=eps)
+    y_ref, rstd_ref = reference.rms_norm_forward(precise(x), n, w, eps=eps)
+    assert_close(y, y_ref, np.float64)
+    assert_close(rstd, rstd_ref, np.float64)
+    got = fastln.rms_norm_backward(dy, x, rstd, w)
+    want = reference.rms_norm_backward(precise(dy), precise(x), rstd_ref, w)
+    for g, r in zip(got, want):
+        assert_close(g, r, np.float64)
+    y, s = fastln.add_layer_norm(x, x / 4, n, w, b, eps=eps)
+    assert_close(y, reference.layer_norm(precise(s), n, w, b, eps=eps), np.float64)
+
+
+def test_float64_rows_measured_again_keep_their_digits():
+    # One value of 2^520 among 2^17 zeros: its square leaves float64's range, and the row is
+    # measured again, scaled. Added one by one, the small squares would each lose digits
+    # against the large one (an rstd off by ~1e-11).
+    x = np.zeros((2, 1 << 17))
+    x[0, 1] = x[1, 7] = 1.5 * 2.0 ** 520
+    y, mean, rstd = fastln.layer_norm_forward(x, x.shape[1])
+    y_ref, _, rstd_ref = reference.layer_norm_forward(precise(x), x.shape[1])
+    assert_close(rstd, rstd_ref, np.float64)
+    assert_close(y, y_ref, np.float64)
+    y, rstd = fastln.rms_norm_forward(x, x.shape[1])
+    y_ref, rstd_ref = reference.rms_norm_forward(precise(x), x.shape[1])
+    assert_close(rstd, rstd_ref, np.float64)
+    assert_close(y, y_ref, np.float64)
+
+
+def test_float64_deviations_beyond_its_range_give_nan_not_a_number_that_looks_right():
+    big = np.finfo(np.float64).max
+    x = np.array([[0.0, big / 2, -big / 2, 1.0], [big, -big, 0.0, 1.0], [1.0, 2.0, 3.0, 4.0]])
     y = fastln.layer_norm(x, 4)
-    assert np.isnan(y[0]).all()
-    assert_close(y[1], reference.layer_norm(x[1], 4), np.float64)
+    # Squares of 1e308 overflow, the deviations from the first value do not: the right answer.
+    assert_close(y[0], reference.layer_norm(precise(x[0]), 4), np.float64)
+    # Measured from the first value, big, -big lies beyond float64: NaN, not the bias.
+    assert np.isnan(y[1]).all()
+    assert_close(y[2], reference.layer_norm(x[2], 4), np.float64)
 
 
 @pytest.mark.parametrize("n", [1027, 4099])

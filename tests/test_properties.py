@@ -9,8 +9,8 @@ from hypothesis.extra import numpy as hnp
 import fastln
 from fastln import reference
 
-# float64 stops at 1e150: beyond ~1e154 the squares overflow double (fastln then returns NaN).
-LIMIT = {np.float32: float(np.finfo(np.float32).max), np.float64: 1e150}
+# float64 stops at 1e300, where x - mean cannot overflow (fastln returns NaN where it does).
+LIMIT = {np.float32: float(np.finfo(np.float32).max), np.float64: 1e300}
 FLOATS = {np.float32: st.floats(-LIMIT[np.float32], LIMIT[np.float32], width=32),
           np.float64: st.floats(-LIMIT[np.float64], LIMIT[np.float64])}
 
@@ -37,10 +37,10 @@ def rows(draw):
 def test_forward_and_backward_agree_with_reference(case):
     x, nshape, eps = case
     if eps == 0 and x.dtype == np.float64:
-        # Without eps, a float64 spread below ~1e-154 underflows the squares (inf/NaN out).
+        # Without eps, a float64 spread of subnormals has no rstd in float64 (inf out).
         spread = np.abs(x - x.reshape(-1, np.prod(nshape))[:, :1].reshape(
             x.shape[:x.ndim - len(nshape)] + (1,) * len(nshape)))
-        assume(((spread == 0) | (spread > 1e-140)).all())
+        assume(((spread == 0) | (spread > 1e-290)).all())
     y, mean, rstd = fastln.layer_norm_forward(x, nshape, eps=eps)
     with np.errstate(divide="ignore", invalid="ignore"):
         y_ref, mean_ref, rstd_ref = reference.layer_norm_forward(precise(x), nshape, eps=eps)

@@ -733,6 +733,38 @@ NAME(row_moments)(const D *x, const D *r, const int has_r, Py_ssize_t n, T pivot
     *m2_out = q;
 }
 
+/* 1 / sqrt(mean(d^2) + eps) for d = (s - pivot) - mu over one row s (x, or x + r), in double,
+ * each d divided by the row's largest |d| (scale) before it is squared, so that no square over-
+ * or underflows: for rows whose plain sum of squares left T's comfortable range. A row whose
+ * d reach infinity or NaN gives 1 / sqrt(scale^2 + eps) (0 or NaN). */
+static TARGET double NAME(scaled_rstd)(const D *x, const D *r, const int has_r, Py_ssize_t n,
+                                       double pivot, double mu, double eps)
+{
+    double scale = 0.0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const double e = fabs(((double)NAME(at)(x, r, has_r, i) - pivot) - mu);
+        scale = e > scale || e != e ? e : scale;
+    }
+    if (!(scale > 0.0) || scale > DBL_MAX)       /* constant, NaN or inf rows */
+        return 1.0 / sqrt(scale * scale + eps);
+    /* Summed with Neumaier's compensation: a row whose largest term (1) comes among many
+     * small ones would otherwise lose digits to each addition (a float64 row of 13225 values,
+     * one of them not 0, had its rstd off by 7e-13). */
+    double u = 0.0, lost = 0.0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const double e = (((double)NAME(at)(x, r, has_r, i) - pivot) - mu) / scale;
+        const double sq = e * e, t = u + sq;
+        lost += u >= sq ? (u - t) + sq : (sq - t) + u;
+        u = t;
+    }
+    u = (u + lost) / (double)n;                    /* in [1/n, 1] */
+    if (eps == 0.0)
+        return 1.0 / (scale * sqrt(u));
+    if (scale >= 1.0)
+        return 1.0 / (scale * sqrt(u + eps / scale / scale));
+    return 1.0 / sqrt(scale * scale * u + eps);
+}
+
 /* 1 / sqrt(mean(s^2) + eps) of one row s (x, or x + r), for RMSNorm. Squares are summed in T in
  * blocks of BLOCK vectors (four chains; one waited on the latency of its adds: Zen 3, two
  * threads, C harness, float32 512 x 1024 and 2048 x 768 0.84-0.88x the time, 64 x 1024 0.79x,
@@ -781,25 +813,7 @@ NAME(row_rstd_rms)(const D *x, const D *r, const int has_r, Py_ssize_t n, double
     const double limit = sizeof(T) < sizeof(double) ? 0x1p100 : 0x1p1000;
     if (q > 1.0 / limit && q < limit)
         return 1.0 / sqrt(q / (double)n + eps);
-    /* Redo: scale = max |s|; mean(s^2) = scale^2 * mean((s / scale)^2). */
-    double scale = 0.0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        const double e = fabs((double)NAME(at)(x, r, has_r, i));
-        scale = e > scale || e != e ? e : scale;
-    }
-    if (!(scale > 0.0) || scale > DBL_MAX)       /* zero, NaN or inf rows */
-        return 1.0 / sqrt(scale * scale + eps);
-    double u = 0.0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        const double e = (double)NAME(at)(x, r, has_r, i) / scale;
-        u += e * e;
-    }
-    u /= (double)n;                                /* in [1/n, 1] */
-    if (eps == 0.0)
-        return 1.0 / (scale * sqrt(u));
-    if (scale >= 1.0)
-        return 1.0 / (scale * sqrt(u + eps / scale / scale));
-    return 1.0 / sqrt(scale * scale * u + eps);
+    return NAME(scaled_rstd)(x, r, has_r, n, 0.0, 0.0, eps);
 }
 
 /* Column i of o's row (see fwd_vec_wb), in T. */
@@ -890,9 +904,19 @@ NAME(fwd_stats)(const D *x, const D *r, D *sum, T *restrict mean, T *restrict rs
         double m2;
         NAME(row_moments)(xr, rr, fused, n, st.pivot, ahead, shift, pending, pend, sc, &st.mu,
                           &m2);
-        /* A finite float64 row whose spread exceeds ~1e154 overflows m2: say so with NaN
-         * rather than return the bias as if the row were constant. */
-        st.rs = m2 > DBL_MAX ? NAN : 1.0 / sqrt(m2 / (double)n + eps);
+        /* A float64 row whose squared deviations left double's range (a spread beyond
+         * ~2^500, where m2 comes out inf or NaN, or below ~2^-500 where eps does not dwarf
+         * it) is measured again, scaled (see scaled_rstd), if its mean is finite (rows with
+         * inf or NaN give NaN as before). Deviations that overflow even so (finite values at
+         * both ends of the range) give NaN rather than the bias, as if the row were constant.
+         * float32 and 16-bit rows cannot leave the range. */
+        if (sizeof(T) == sizeof(double) && st.mu - st.mu == 0.0 &&
+            !(m2 < 0x1p1000 && (m2 > 0x1p-1000 || eps >= 0x1p-900))) {
+            st.rs = NAME(scaled_rstd)(xr, rr, fused, n, (double)st.pivot, st.mu, eps);
+            st.rs = st.rs > 0.0 ? st.rs : NAN;
+        } else {
+            st.rs = m2 > DBL_MAX ? NAN : 1.0 / sqrt(m2 / (double)n + eps);
+        }
         st.spread = sqrt(m2);
         if (mean != NULL)
             mean[row] = (T)((double)st.pivot + st.mu);
@@ -1954,7 +1978,11 @@ static TARGET void NAME(norm_bwd)(const D *restrict dy, const D *restrict x,
             kc[0][r] = pivot;
             kc[1][r] = rs;
             kc[2][r] = (T)(-sh * rsd);
-            kc[3][r] = (T)(-(rsd * rsd * (sums[2] - sh * sums[1]) * inv_n));
+            /* rstd^2 over- or underflows double where rstd is beyond 2^+-511 (float64 rows
+             * of such spreads): rstd * (rstd * ...) then, which stays in range. */
+            const double proj = sums[2] - sh * sums[1];
+            kc[3][r] = (T)(rsd > 0x1p-500 && rsd < 0x1p500 ? -(rsd * rsd * proj * inv_n)
+                                                           : -(rsd * (rsd * proj * inv_n)));
             kc[4][r] = (T)(-rsd * mg);
         }
         const Py_ssize_t off0 = r0 * n;

@@ -55,6 +55,26 @@ def _normalized_ndim(normalized_shape):
     return 1 if np.ndim(normalized_shape) == 0 else len(normalized_shape)
 
 
+def _rstd(d, axes, eps):
+    """1 / sqrt(mean(d**2) + eps) over `axes` (kept). Rows whose squares over- or underflow
+    (|d| beyond ~1e154, or below ~1e-154, in float64) are scaled first: mean(d**2) =
+    scale**2 * mean((d / scale)**2) with scale = max |d|, the mean then in [1/n, 1]. Rows of
+    zeros, and rows holding inf or NaN, keep the plain formula's result."""
+    with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
+        square = np.mean(d * d, axis=axes, keepdims=True)
+        rstd = 1.0 / np.sqrt(square + eps)
+        scale = np.max(np.abs(d), axis=axes, keepdims=True)
+        redo = ((scale > 0) & (scale < np.inf)
+                & ~((square >= np.finfo(d.dtype).tiny) & (square < np.inf)))
+        if np.any(redo):
+            safe = np.where(redo, scale, 1.0)
+            u = np.mean((d / safe) ** 2, axis=axes, keepdims=True)
+            big = 1.0 / (safe * np.sqrt(u + eps / safe / safe))
+            small = 1.0 / np.sqrt(safe * safe * u + eps) if eps else 1.0 / (safe * np.sqrt(u))
+            rstd = np.where(redo, np.where(safe >= 1, big, small), rstd)
+    return rstd
+
+
 def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     """Return ``(y, mean, rstd)``; mean and rstd have the shape of x without the normalized dims.
 
@@ -67,8 +87,7 @@ def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     centred = x - pivot                              # exact for values near the pivot
     shift = centred.mean(axis=axes, keepdims=True)
     xc = centred - shift                             # x - mean, without forming mean itself
-    var = np.mean(xc * xc, axis=axes, keepdims=True)
-    rstd = 1.0 / np.sqrt(var + eps)
+    rstd = _rstd(xc, axes, eps)
     y = xc * rstd
     if weight is not None:
         y = y * _precise(weight)
@@ -151,21 +170,7 @@ def rms_norm_forward(x, normalized_shape, weight=None, eps=None):
     eps = _rms_eps(x, eps)
     x = _precise(x)
     axes = _row_axes(x, _normalized_ndim(normalized_shape))
-    with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
-        square = np.mean(x * x, axis=axes, keepdims=True)
-        rstd = 1.0 / np.sqrt(square + eps)
-        # Rows whose squares over- or underflow (|x| beyond ~1e154, or below ~1e-154): mean(x^2)
-        # = scale^2 mean((x / scale)^2) with scale = max |x|, the mean then in [1/n, 1].
-        # Rows of zeros, and rows holding inf or NaN, keep the plain formula's result.
-        scale = np.max(np.abs(x), axis=axes, keepdims=True)
-        redo = ((scale > 0) & (scale < np.inf)
-                & ~((square >= np.finfo(x.dtype).tiny) & (square < np.inf)))
-        if np.any(redo):
-            safe = np.where(redo, scale, 1.0)
-            u = np.mean((x / safe) ** 2, axis=axes, keepdims=True)
-            big = 1.0 / (safe * np.sqrt(u + eps / safe / safe))
-            small = 1.0 / np.sqrt(safe * safe * u + eps) if eps else 1.0 / (safe * np.sqrt(u))
-            rstd = np.where(redo, np.where(safe >= 1, big, small), rstd)
+    rstd = _rstd(x, axes, eps)
     y = x * rstd
     if weight is not None:
         y = y * _precise(weight)
