@@ -70,6 +70,8 @@ def cases(seed=0):
         ("1e4+0.1randn 64x768", 1e4 + 0.1 * rng.standard_normal((64, 768))),
         ("3e4+0.01randn 64x1024", 3e4 + 0.01 * rng.standard_normal((64, 1024))),
         ("[40000..40003]", np.array([[40000.0, 40001.0, 40002.0, 40003.0]])),
+        # float64 only (beyond the other dtypes): squares of 1e180 overflow float64.
+        ("2^600 x randn 8x1000", 2.0 ** 600 * rng.standard_normal((8, 1000))),
     ]
     for name, x in hard:
         yield Case(name, x, affine=False, offset=True)
