@@ -369,10 +369,10 @@ def test_float64_rows_whose_squares_leave_its_range(rng, simd_path, scale, eps):
 
 
 def test_float64_rows_measured_again_keep_their_digits():
-    # One value of 2^520 among 2^17 zeros: its square leaves float64's range, and the row is
-    # measured again, scaled. Added one by one, the small squares would each lose digits
-    # against the large one (an rstd off by ~1e-11).
-    x = np.zeros((2, 1 << 17))
+    # One value of 1.5 * 2^520 among 100000 of 1.3 * 2^503: its square leaves float64's range,
+    # and the row is measured again, scaled. RMSNorm's small squares, added one by one, each
+    # lost digits against the large one (rstd off by 3e-12); LayerNorm's row came out NaN.
+    x = np.full((2, 100000), 1.3 * 2.0 ** 503)
     x[0, 1] = x[1, 7] = 1.5 * 2.0 ** 520
     y, mean, rstd = fastln.layer_norm_forward(x, x.shape[1])
     y_ref, _, rstd_ref = reference.layer_norm_forward(precise(x), x.shape[1])
